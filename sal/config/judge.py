@@ -1,0 +1,197 @@
+"""Configuration of the LLM judge (feature explanation, verification, rule soundness) and of
+the feature-interpretation stage that uses it (paper Section 2.2, Appendix C.2 and D)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+BACKENDS = ("openai", "hf_local", "lexical", "replay")
+
+
+@dataclass
+class JudgeConfig:
+    """Which judge answers the paper's prompts (Figures 7-10), and how it is called.
+
+    The API key itself is never part of this config: only the *name* of the environment
+    variable that holds it (`api_key_env`), so dumping the config (Hydra YAML, W&B) can
+    never leak it.
+    """
+
+    backend: str = "lexical"
+    """One of "openai" (any OpenAI-compatible HTTP server: DeepSeek API, vLLM, Ollama),
+    "hf_local" (a local transformers causal LM), "lexical" (deterministic token patterns,
+    no model; cannot judge rules) or "replay" (answers read from `replay_path`)."""
+
+    base_url: str = "https://api.deepseek.com/v1"
+    """Base URL of the OpenAI-compatible API; requests go to base_url + "/chat/completions".
+    For a local vLLM server use e.g. "http://127.0.0.1:8000/v1"."""
+
+    model: str = "deepseek-reasoner"
+    """Model name sent in the request body (the paper uses DeepSeek-R1)."""
+
+    api_key_env: Optional[str] = "DEEPSEEK_API_KEY"
+    """Name of the environment variable holding the API key (sent as a Bearer token).
+    None for servers without authentication. The key is read at request time only."""
+
+    temperature: float = 0.1
+    """Sampling temperature (paper Appendix D: 0.1)."""
+
+    top_p: float = 0.9
+    """Nucleus sampling mass (paper Appendix D: 0.9)."""
+
+    max_tokens: Optional[int] = None
+    """Completion token limit; None sends no limit (the paper does not restrict the
+    generation length, so that the judge's reasoning is not cut short)."""
+
+    concurrency: int = 32
+    """Maximum number of HTTP requests in flight at once."""
+
+    timeout_s: float = 600.0
+    """Per-request deadline in seconds (whole request, not per read). R1 reasoning on a
+    rule can take minutes, hence the generous default."""
+
+    max_retries: int = 6
+    """Retries of one request after a 429, 5xx, timeout, dropped connection or malformed
+    body; after that the item is reported as failed (never given a default label)."""
+
+    backoff_base_s: float = 1.0
+    """First back-off delay in seconds; doubles on each retry, with random jitter."""
+
+    backoff_max_s: float = 60.0
+    """Upper bound of one exponential back-off delay. A server's Retry-After header is
+    honoured in full even when it is longer."""
+
+    max_parse_retries: int = 2
+    """How many fresh answers to request when an answer cannot be parsed, before the item
+    is recorded as unparseable."""
+
+    cache_dir: Optional[str] = "judge_cache"
+    """Directory of the on-disk judgment cache (one file per sha256 key, sharded); relative
+    paths are taken relative to the run directory by the caller. None disables caching."""
+
+    replay_path: Optional[str] = None
+    """CSV or JSONL file answering items for the "replay" backend (human labels or another
+    run's exported judgments)."""
+
+    price_per_1k_prompt: float = 0.0
+    """Price in USD per 1,000 prompt tokens, for the cost estimate in the report."""
+
+    price_per_1k_completion: float = 0.0
+    """Price in USD per 1,000 completion tokens (reasoning tokens included), for the cost
+    estimate in the report."""
+
+    hf_model: Optional[str] = None
+    """hf_local: hub id or local directory of the causal LM (ignored when the caller passes
+    an already loaded model or a loader). Also its identity in the cache key."""
+
+    hf_gguf_file: Optional[str] = None
+    """hf_local: GGUF file name inside `hf_model`, when the weights ship as GGUF."""
+
+    hf_device: str = "cpu"
+    """hf_local: torch device for the local judge model."""
+
+    hf_dtype: str = "float32"
+    """hf_local: torch dtype name used when this config loads the model."""
+
+    hf_max_new_tokens: int = 48
+    """hf_local: greedy-generation budget for an explanation or a rule's rationale (labels
+    themselves are chosen by log-likelihood, not generated)."""
+
+    hf_threads: Optional[int] = None
+    """hf_local: torch intra-op threads while the judge runs (restored afterwards); 1 is
+    much faster for small judge models on a busy CPU. None leaves torch's setting alone."""
+
+    hf_use_chat_template: bool = True
+    """hf_local: wrap the prompt in the tokenizer's chat template (user turn) when it has
+    one."""
+
+    lexical_max_ngram: int = 3
+    """lexical: longest token n-gram (ending at the activating token) tried as a pattern."""
+
+    lexical_min_share: float = 0.5
+    """lexical: a pattern must end at least this share of the explained spans to be reported
+    as "Exact pattern"; otherwise the explanation is "Cannot Tell"."""
+
+    def validate(self) -> "JudgeConfig":
+        def bad(field: str, value, fix: str) -> ValueError:
+            return ValueError(f"judge.{field}={value!r} is invalid: {fix}")
+
+        if self.backend not in BACKENDS:
+            raise bad("backend", self.backend, f"choose one of {', '.join(BACKENDS)}")
+        if self.backend == "openai":
+            if not self.base_url.startswith(("http://", "https://")):
+                raise bad("base_url", self.base_url, 'give a full URL such as "http://127.0.0.1:8000/v1"')
+            if not self.model:
+                raise bad("model", self.model, "name the model the server should run")
+        if self.backend == "replay" and not self.replay_path:
+            raise bad("replay_path", self.replay_path, "the replay backend needs a CSV/JSONL file of answers")
+        if self.api_key_env is not None and (not self.api_key_env or "=" in self.api_key_env):
+            raise bad("api_key_env", "<redacted>", "give the NAME of an environment variable (or null), never the key")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise bad("temperature", self.temperature, "use a value in [0, 2] (paper: 0.1)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise bad("top_p", self.top_p, "use a value in (0, 1] (paper: 0.9)")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise bad("max_tokens", self.max_tokens, "use a positive integer or null for no limit")
+        if self.concurrency < 1:
+            raise bad("concurrency", self.concurrency, "use at least 1")
+        if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
+            raise bad("timeout_s", self.timeout_s, "use a positive number of seconds")
+        if self.max_retries < 0:
+            raise bad("max_retries", self.max_retries, "use 0 or more")
+        if self.backoff_base_s < 0 or self.backoff_max_s < self.backoff_base_s:
+            raise bad("backoff_max_s", self.backoff_max_s, "need 0 <= backoff_base_s <= backoff_max_s")
+        if self.max_parse_retries < 0:
+            raise bad("max_parse_retries", self.max_parse_retries, "use 0 or more")
+        if self.price_per_1k_prompt < 0 or self.price_per_1k_completion < 0:
+            raise bad("price_per_1k_prompt", self.price_per_1k_prompt, "prices cannot be negative")
+        if self.hf_max_new_tokens < 1:
+            raise bad("hf_max_new_tokens", self.hf_max_new_tokens, "use a positive integer")
+        if self.hf_threads is not None and self.hf_threads < 1:
+            raise bad("hf_threads", self.hf_threads, "use a positive thread count or null")
+        if self.lexical_max_ngram < 1:
+            raise bad("lexical_max_ngram", self.lexical_max_ngram, "use at least 1")
+        if not 0.0 < self.lexical_min_share <= 1.0:
+            raise bad("lexical_min_share", self.lexical_min_share, "use a share in (0, 1]")
+        return self
+
+
+@dataclass
+class InterpretConfig:
+    """Feature interpretation (paper Appendix C.2): collect each feature's top activating
+    spans over the corpus, explain with the top 15, verify with the top 30."""
+
+    top_k: int = 30
+    """Spans kept per feature (streaming top-k) and shown to the verifier (Figure 8)."""
+
+    explain_top: int = 15
+    """Spans shown to the explainer (Figure 7)."""
+
+    min_activations: int = 30
+    """A feature is "sufficiently activated", hence interpreted, when it fires on at least
+    this many tokens of the corpus."""
+
+    span_window: int = 32
+    """Tokens per span: a window of text ending at (and including) the activating token."""
+
+    tau: float = 0.0
+    """Activation threshold: a feature fires on a token when its activation (max over the
+    crosscoder's layers) exceeds tau. Keep equal to the rule counter's tau."""
+
+    def validate(self) -> "InterpretConfig":
+        def bad(field: str, value, fix: str) -> ValueError:
+            return ValueError(f"interpret.{field}={value!r} is invalid: {fix}")
+
+        if self.top_k < 1:
+            raise bad("top_k", self.top_k, "use at least 1 (paper: 30)")
+        if not 1 <= self.explain_top <= self.top_k:
+            raise bad("explain_top", self.explain_top, f"use a value in [1, top_k={self.top_k}] (paper: 15)")
+        if self.min_activations < 1:
+            raise bad("min_activations", self.min_activations, "use at least 1 (paper: 30)")
+        if self.span_window < 1:
+            raise bad("span_window", self.span_window, "use at least 1 token")
+        if not math.isfinite(self.tau):
+            raise bad("tau", self.tau, "use a finite threshold")
+        return self

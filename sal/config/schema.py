@@ -1,0 +1,109 @@
+"""The typed schema every entrypoint is composed against, and its registration.
+
+One schema serves train.py, extract_rules.py and evaluate.py: the three stages share the
+model, layers and run directory, and a typo in any key fails at composition time, before a
+model loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from sal.config.crosscoder import CrosscoderConfig, OptimConfig
+from sal.config.data import DataConfig
+from sal.config.evaluate import AnalysisConfig, EvalConfig, WorldConfig
+from sal.config.judge import InterpretConfig, JudgeConfig
+from sal.config.logger import LoggerConfig
+from sal.config.model import LayersConfig, ModelConfig
+from sal.config.rules import RulesConfig
+from sal.config.trainer import TrainerConfig
+from sal.layers import even_layers
+
+
+@dataclass
+class PathsConfig:
+    runs_root: str = "runs"
+    """Single runs write to <runs_root>/<model.name>/<run_name>."""
+    cache_dir: str = "${oc.env:SAL_CACHE,.cache/sal}"
+    """Corpora, converted models and activation caches shared by all runs."""
+
+
+@dataclass
+class SALConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Subject model (conf/model/*.yaml)."""
+    layers: LayersConfig = field(default_factory=LayersConfig)
+    """Monitored residual-stream points (conf/layers)."""
+    crosscoder: CrosscoderConfig = field(default_factory=CrosscoderConfig)
+    """Crosscoder architecture (conf/crosscoder)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Crosscoder optimisation; presets in conf/experiment."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Question sources, rule set, response generation (conf/data)."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """LLM judge backend (conf/judge)."""
+    interpret: InterpretConfig = field(default_factory=InterpretConfig)
+    """Feature interpretation (top spans, explain/verify)."""
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    """Rule counting (aggregation, smoothing, filters, sharding)."""
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    """SAL evaluation (sampling, bins, bootstrap, permutation test)."""
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    """What evaluate.py does (conf/analysis): single, compare, validate, power."""
+    world: WorldConfig = field(default_factory=WorldConfig)
+    """Planted synthetic world for analysis=validate|power (conf/world)."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """Lightning launcher (conf/trainer)."""
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    """W&B + CSV (conf/logger)."""
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    """Output and cache locations."""
+    sparsity: float = 5e-3
+    """Crosscoder sparsity coefficient; defaults to model.default_sparsity."""
+    run_name: str = "default"
+    """Run directory name under <runs_root>/<model.name>/."""
+    run_dir: Optional[str] = None
+    """Read and write this run directory instead of Hydra's output dir (e.g. to point
+    extract_rules.py at one job of a training sweep)."""
+    null_model: bool = False
+    """Also run the pipeline on a randomly initialised copy of the subject model (control)."""
+    seed: int = 0
+    """Global seed."""
+
+
+def _register_resolvers() -> None:
+    if not OmegaConf.has_resolver("sal.even_layers"):
+        OmegaConf.register_new_resolver("sal.even_layers", lambda n, k: even_layers(int(n), int(k)))
+    if not OmegaConf.has_resolver("sal.len"):
+        OmegaConf.register_new_resolver("sal.len", lambda xs: len(xs))
+
+
+def register_configs() -> None:
+    """Register the schema (as ``sal_schema``) and the resolvers; idempotent."""
+    _register_resolvers()
+    ConfigStore.instance().store(name="sal_schema", node=SALConfig)
+
+
+def validate_config(cfg) -> SALConfig:
+    """Typed, checked view of a composed config; raises ValueError naming the fix.
+
+    Runs before any model loads: every sub-config's own ``validate()``, then the checks that
+    span groups (layer indices against the model's depth, the sparsity coefficient).
+    """
+    from sal.layers import validate_layers
+
+    obj: SALConfig = OmegaConf.to_object(cfg)
+    if obj.sparsity < 0:
+        raise ValueError(f"sparsity={obj.sparsity} is negative: the sparsity coefficient must be >= 0 "
+                         f"(the paper uses 5e-3, and 3e-3 for qwen2.5-14b).")
+    validate_layers(obj.layers.indices, obj.model.n_layers)
+    for name in ("model", "crosscoder", "optim", "data", "judge", "interpret", "rules", "evaluate",
+                 "analysis", "world", "trainer", "logger"):
+        sub = getattr(obj, name)
+        if hasattr(sub, "validate"):
+            sub.validate()
+    return obj

@@ -1,0 +1,81 @@
+"""Schema for the Lightning Trainer that trains the crosscoder (presets: cpu, gpu, ddp_cpu,
+ddp_8xa100)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+_ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings. Multi-node runs need nothing extra: Lightning detects
+    SLURM / TorchElastic / MPI cluster environments and reads ranks from them."""
+
+    accelerator: str = "cpu"
+    """cpu | gpu | cuda | auto."""
+    devices: Union[int, str] = 1
+    """Processes (GPUs) per node; "auto" uses every visible device."""
+    num_nodes: int = 1
+    """Number of nodes (multi-node DDP through Lightning's cluster environments)."""
+    strategy: str = "auto"
+    """auto | ddp | ddp_spawn | ... (ddp uses gloo on CPU, nccl on GPU)."""
+    precision: str = "32-true"
+    """32-true on CPU; bf16-mixed on GPU (matmuls in bf16, weights and optimiser in fp32)."""
+    log_every_n_steps: int = 1
+    """Logging cadence; 1 logs every step, as the metric list promises."""
+    enable_progress_bar: bool = True
+    """Show Lightning's tqdm progress bar."""
+    deterministic: bool = False
+    """torch deterministic algorithms (slower on GPU)."""
+    matmul_precision: str = "high"
+    """torch.set_float32_matmul_precision on GPU: highest | high (TF32) | medium."""
+
+    def validate(self) -> None:
+        if self.accelerator not in _ACCELERATORS:
+            raise ValueError(f"trainer.accelerator={self.accelerator!r}: choose one of {_ACCELERATORS}.")
+        if self.precision not in _PRECISIONS:
+            raise ValueError(f"trainer.precision={self.precision!r}: choose one of {_PRECISIONS}.")
+        if self.accelerator == "cpu" and self.precision != "32-true":
+            raise ValueError(f"trainer.precision={self.precision!r} on CPU: use 32-true (bf16 autocast on CPU is "
+                             f"slower than fp32 on most CPUs), or trainer=gpu.")
+        if isinstance(self.devices, int) and self.devices < 1:
+            raise ValueError(f"trainer.devices={self.devices}: must be >= 1 or 'auto'.")
+        if isinstance(self.devices, str) and self.devices != "auto":
+            raise ValueError(f"trainer.devices={self.devices!r}: an integer or 'auto'.")
+        if self.num_nodes < 1:
+            raise ValueError(f"trainer.num_nodes={self.num_nodes}: must be >= 1.")
+        if self.log_every_n_steps < 1:
+            raise ValueError(f"trainer.log_every_n_steps={self.log_every_n_steps}: must be >= 1.")
+        if self.matmul_precision not in ("highest", "high", "medium"):
+            raise ValueError(f"trainer.matmul_precision={self.matmul_precision!r}: highest | high | medium.")
+
+    @classmethod
+    def cpu(cls) -> "TrainerConfig":
+        return cls()
+
+    @classmethod
+    def gpu(cls) -> "TrainerConfig":
+        return cls(accelerator="gpu", devices=1, precision="bf16-mixed")
+
+    @classmethod
+    def ddp_cpu(cls) -> "TrainerConfig":
+        """Two CPU processes over gloo (tests, laptops)."""
+        return cls(accelerator="cpu", devices=2, strategy="ddp", enable_progress_bar=False)
+
+    @classmethod
+    def ddp_8xa100(cls) -> "TrainerConfig":
+        """8 GPUs per node, bf16 mixed precision; set num_nodes for multi-node (SLURM)."""
+        return cls(accelerator="gpu", devices=8, strategy="ddp", precision="bf16-mixed")
+
+
+TRAINER_PRESETS = {
+    "cpu": TrainerConfig.cpu,
+    "gpu": TrainerConfig.gpu,
+    "ddp_cpu": TrainerConfig.ddp_cpu,
+    "ddp_8xa100": TrainerConfig.ddp_8xa100,
+}
+"""Preset factories by the name of their conf/trainer/<name>.yaml."""

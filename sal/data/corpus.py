@@ -1,0 +1,160 @@
+"""Build the model-specific corpus: questions + the subject model's own 'think' responses.
+
+Generation is resumable: each finished batch is written atomically as its own Parquet file,
+named by batch index, so a killed run restarts at the first missing batch and can never
+write a row twice. The finished corpus is one Parquet table with columns
+``idx, question, response, source, type, level``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from sal.config.data import DataConfig, GenerationConfig
+from sal.config.model import ModelConfig
+from sal.data.prompts import build_prompt
+from sal.data.sources import load_questions, load_source
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["idx", "question", "response", "source", "type", "level"]
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def corpus_key(model: ModelConfig, data: DataConfig, kind: str) -> str:
+    """Directory name for one (responding model, question set, generation settings)."""
+    ident = {"model": [model.name, model.hub_id, model.source, model.init, model.seed, model.revision],
+             "kind": kind, "generation": asdict(data.generation), "seed": data.seed}
+    if kind == "corpus":
+        ident.update(sources=list(data.sources), max_questions=data.max_questions)
+    else:
+        ident.update(source=data.rule_set_source, per_stratum=data.rule_set_per_stratum)
+    return f"{model.name}-{model.init}-{kind}-{_digest(ident)}"
+
+
+def select_corpus_questions(data: DataConfig) -> List[dict]:
+    rows = load_questions(list(data.sources))
+    if data.max_questions is not None and len(rows) > data.max_questions:
+        rng = random.Random(data.seed)
+        rows = [rows[i] for i in sorted(rng.sample(range(len(rows)), data.max_questions))]
+    return rows
+
+
+def stratified_rule_set(data: DataConfig) -> List[dict]:
+    """Appendix D's rule set: ``rule_set_per_stratum`` questions per (type, level), seeded;
+    strata smaller than that are taken whole. Rows come back in (type, level) order."""
+    rows = load_source(data.rule_set_source)
+    if not any(r["type"] for r in rows):
+        raise ValueError(f"data.rule_set_source={data.rule_set_source!r} has no type/level fields; "
+                         f"use a MATH split (math_test or math_train).")
+    strata: dict = {}
+    for r in rows:
+        strata.setdefault((r["type"], r["level"]), []).append(r)
+    rng = random.Random(data.seed)
+    out = []
+    for key in sorted(strata):
+        group = strata[key]
+        take = min(data.rule_set_per_stratum, len(group))
+        out.extend(group[i] for i in sorted(rng.sample(range(len(group)), take)))
+    return out
+
+
+Generator = Callable[[List[str], int], List[str]]
+"""(prompts, batch_index) -> responses; batch_index seeds the sampling so reruns reproduce."""
+
+
+def hf_generator(model, tokenizer, gen: GenerationConfig) -> Generator:
+    """Batched ``generate`` with left padding (decoder-only models pad on the left)."""
+
+    def run(prompts: List[str], batch_index: int) -> List[str]:
+        tokenizer.padding_side = "left"
+        enc = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+        torch.manual_seed(gen.seed + batch_index)
+        sample = gen.temperature > 0
+        with torch.no_grad():
+            out = model.generate(
+                **enc,
+                max_new_tokens=gen.max_new_tokens,
+                do_sample=sample,
+                temperature=gen.temperature if sample else None,
+                top_p=gen.top_p if sample else None,
+                top_k=None,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        new = out[:, enc["input_ids"].shape[1]:]
+        return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    return run
+
+
+def vllm_generator(model_path: str, gen: GenerationConfig, dtype: str = "bfloat16") -> Generator:
+    """vLLM backend for GPU nodes (``pip install sal[vllm]``)."""
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError as e:  # pragma: no cover - exercised only where vLLM is installed
+        raise ImportError("data.generation.backend=vllm needs the vllm extra: pip install 'sal[vllm]'") from e
+    llm = LLM(model=model_path, dtype=dtype, seed=gen.seed)
+
+    def run(prompts: List[str], batch_index: int) -> List[str]:
+        params = SamplingParams(temperature=gen.temperature, top_p=gen.top_p,
+                                max_tokens=gen.max_new_tokens, seed=gen.seed + batch_index)
+        return [o.outputs[0].text.strip() for o in llm.generate(prompts, params, use_tqdm=False)]
+
+    return run
+
+
+def _write_atomic(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def generate_responses(
+    questions: Sequence[dict],
+    generator: Generator,
+    out_dir: Path,
+    gen: GenerationConfig,
+    desc: str = "generating responses",
+) -> pd.DataFrame:
+    """Responses for ``questions``, resuming from the batches already in ``out_dir``."""
+    out_dir = Path(out_dir)
+    final = out_dir / "corpus.parquet"
+    if final.exists():
+        return pd.read_parquet(final)
+    batch_dir = out_dir / "batches"
+    batch_dir.mkdir(parents=True, exist_ok=True)
+    n_batches = (len(questions) + gen.batch_size - 1) // gen.batch_size
+    todo = [b for b in range(n_batches) if not (batch_dir / f"batch_{b:06d}.parquet").exists()]
+    if len(todo) < n_batches:
+        log.info("Resuming generation: %d of %d batches already done", n_batches - len(todo), n_batches)
+    indexed = [dict(q, idx=i) for i, q in enumerate(questions)]
+    for b in tqdm(todo, desc=desc, unit="batch"):
+        rows = indexed[b * gen.batch_size:(b + 1) * gen.batch_size]
+        prompts = [build_prompt(r["question"], gen.prompt) for r in rows]
+        responses = generator(prompts, b)
+        for r, resp in zip(rows, responses):
+            r["response"] = resp
+        _write_atomic(pd.DataFrame(rows)[COLUMNS], batch_dir / f"batch_{b:06d}.parquet")
+    parts = [pd.read_parquet(batch_dir / f"batch_{b:06d}.parquet") for b in range(n_batches)]
+    df = pd.concat(parts, ignore_index=True).sort_values("idx").reset_index(drop=True)
+    _write_atomic(df, final)
+    return df
+
+
+def document_texts(df: pd.DataFrame, template: str = "r1_zero") -> List[str]:
+    """What the subject model reads for activation work: the prompt it answered + its response."""
+    return [build_prompt(q, template) + " " + r for q, r in zip(df["question"], df["response"])]

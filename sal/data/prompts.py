@@ -1,0 +1,20 @@
+"""'Think'-style prompts (DeepSeek-R1-Zero / Open-Reasoner-Zero) for the corpus responses."""
+
+from __future__ import annotations
+
+PROMPTS = {
+    # The R1-Zero template (DeepSeek-AI, 2025, Table 1), as adopted by Open-Reasoner-Zero.
+    "r1_zero": (
+        "A conversation between User and Assistant. The user asks a question, and the Assistant "
+        "solves it. The assistant first thinks about the reasoning process in the mind and then "
+        "provides the user with the answer. The reasoning process and answer are enclosed within "
+        "<think> </think> and <answer> </answer> tags, respectively, i.e., <think> reasoning "
+        "process here </think> <answer> answer here </answer>. User: {question} Assistant: <think>"
+    ),
+}
+
+
+def build_prompt(question: str, template: str = "r1_zero") -> str:
+    if template not in PROMPTS:
+        raise KeyError(f"Unknown prompt template {template!r}; known: {sorted(PROMPTS)}.")
+    return PROMPTS[template].format(question=question)

@@ -1,0 +1,40 @@
+"""The LLM judge: explains and verifies features (Figures 7, 8) and judges rule soundness
+(Figures 9, 10) through one interface with four backends (openai, hf_local, lexical,
+replay). Build one with `make_judge(JudgeConfig(...))`."""
+
+from sal.judge.base import Judge, TransportError, run_sync
+from sal.judge.cache import JudgeCache, cache_key
+from sal.judge.factory import make_judge
+from sal.judge.items import explain_item, rule_item, verify_item
+from sal.judge.parse import (
+    CATEGORIES,
+    DECISIONS,
+    Judgement,
+    Summary,
+    parse_answer,
+    parse_decision,
+    parse_judgement,
+    parse_summary,
+)
+from sal.judge.replay import explain_key, export_judgments, rule_key, verify_key
+from sal.judge.types import (
+    DECLINED,
+    EXPLAIN,
+    FAILED,
+    OK,
+    RULE,
+    UNPARSEABLE,
+    VERIFY,
+    JudgeItem,
+    JudgeReport,
+    Judgment,
+    Span,
+)
+
+__all__ = [
+    "CATEGORIES", "DECISIONS", "DECLINED", "EXPLAIN", "FAILED", "OK", "RULE", "UNPARSEABLE", "VERIFY",
+    "Judge", "JudgeCache", "JudgeItem", "JudgeReport", "Judgement", "Judgment", "Span", "Summary",
+    "TransportError", "cache_key", "explain_item", "explain_key", "export_judgments", "make_judge",
+    "parse_answer", "parse_decision", "parse_judgement", "parse_summary", "rule_item", "rule_key",
+    "run_sync", "verify_item", "verify_key",
+]

@@ -1,0 +1,217 @@
+"""Judge on a local transformers causal LM (offline default for rule labels: SmolLM2-135M).
+
+A small model cannot be trusted to follow the output format, so the format is not left to
+it: the answer's fixed scaffolding is forced and only the free parts are chosen by the
+model.
+- The label is the allowed answer string with the highest summed log-likelihood after
+  the prompt and the forced prefix: `Final Decision: [[` + Yes/Probably/Maybe/No + `]]`,
+  `<judgement> {"Category": "` + Strict/Plausible/No + `"`, `<summary> ` + Exact pattern:/
+  Semantic:/Cannot Tell.
+- The free text (a rule's Relation/Intuition, a summary's body) is generated greedily,
+  at most `hf_max_new_tokens` tokens.
+The synthesised answer then goes through the same parser and cache as a remote judge's.
+The prompt is encoded once; every choice and the generation reuse its KV cache.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import threading
+from typing import Any, Callable, Optional
+
+from sal.config.judge import JudgeConfig
+from sal.judge.base import Completion, PromptJudge
+from sal.judge.parse import CATEGORIES, DECISIONS
+from sal.judge.types import EXPLAIN, RULE, VERIFY, JudgeItem
+
+Loader = Callable[[], tuple[Any, Any]]
+
+SUMMARY_KINDS_TEXT = ("Exact pattern:", "Semantic:", "Cannot Tell")
+
+
+def load_from_config(config: JudgeConfig) -> tuple[Any, Any]:
+    """Load `hf_model` (hub id or directory; `hf_gguf_file` for GGUF weights)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not config.hf_model:
+        raise ValueError(
+            "judge.hf_model is empty: name a model directory or hub id for the hf_local judge, "
+            "or pass an already loaded model/tokenizer (or a loader) to make_judge"
+        )
+    kwargs = {"gguf_file": config.hf_gguf_file} if config.hf_gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(config.hf_model, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(config.hf_model, dtype=getattr(torch, config.hf_dtype), **kwargs)
+    return model.to(config.hf_device).eval(), tokenizer
+
+
+def weights_fingerprint(model: Any) -> str:
+    """Identity of an unnamed in-memory model for cache keys: a hash of its weights."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + h.hexdigest()[:16]
+
+
+class HFLocalJudge(PromptJudge):
+    backend = "hf_local"
+    deterministic = True
+
+    def __init__(
+        self,
+        config: JudgeConfig,
+        model: Any = None,
+        tokenizer: Any = None,
+        loader: Optional[Loader] = None,
+        model_id: Optional[str] = None,
+        cache_root=None,
+    ):
+        if (model is None) != (tokenizer is None):
+            raise ValueError("pass both model and tokenizer to the hf_local judge, or neither")
+        if loader is not None and model is None and not model_id and not config.hf_model and config.cache_dir:
+            raise ValueError(
+                "an hf_local judge built from a loader needs model_id= (or judge.hf_model) to name the "
+                "model in its cache keys; otherwise answers of different models would be mixed up"
+            )
+        self._model, self._tokenizer = model, tokenizer
+        self._loader: Loader = loader or (lambda: load_from_config(config))
+        self._explicit_id = model_id
+        self._lock = threading.Lock()
+        self._id: Optional[str] = None
+        super().__init__(config, cache_root)
+
+    # -- identity ------------------------------------------------------------------------
+    @property
+    def model_id(self) -> str:
+        if self._explicit_id:
+            return self._explicit_id
+        if self.config.hf_model:
+            return self.config.hf_model + (f"::{self.config.hf_gguf_file}" if self.config.hf_gguf_file else "")
+        if self._model is not None:
+            if self._id is None:
+                name = getattr(getattr(self._model, "config", None), "_name_or_path", "") or ""
+                self._id = name or weights_fingerprint(self._model)
+            return self._id
+        return "hf_local:<loader>"
+
+    @property
+    def cache_params(self) -> dict:
+        c = self.config
+        return {
+            "method": "loglik-label+greedy-text",
+            "max_new_tokens": c.hf_max_new_tokens,
+            "chat_template": c.hf_use_chat_template,
+        }
+
+    # -- inference -----------------------------------------------------------------------
+    def _ensure_loaded(self) -> None:
+        if self._model is None:
+            self._model, self._tokenizer = self._loader()
+            self._model.eval()
+            if self.report.model in ("hf_local:<loader>",):
+                self.report.model = self.model_id
+
+    def _context_ids(self, prompt: str) -> list[int]:
+        tok = self._tokenizer
+        if self.config.hf_use_chat_template and getattr(tok, "chat_template", None):
+            text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+            return list(tok(text, add_special_tokens=False)["input_ids"])
+        return list(tok(prompt + "\n", add_special_tokens=True)["input_ids"])
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _forward(self, ids: list[int], cache: Any):
+        import torch
+
+        device = next(self._model.parameters()).device
+        out = self._model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True)
+        return out.logits[0].float().log_softmax(-1), out.past_key_values
+
+    def _choose(self, logprobs_last, cache, choices: list[str]) -> tuple[int, Any, Any]:
+        """Index of the most likely choice, with the cache and last log-probs after it."""
+        best = (float("-inf"), -1, None, None)
+        for i, choice in enumerate(choices):
+            ids = self._encode(choice)
+            branch = copy.deepcopy(cache)
+            logprobs, branch = self._forward(ids, branch)
+            score = float(logprobs_last[ids[0]]) + sum(float(logprobs[j, ids[j + 1]]) for j in range(len(ids) - 1))
+            if score > best[0]:
+                best = (score, i, branch, logprobs[-1])
+        return best[1], best[2], best[3]
+
+    def _greedy(self, logprobs_last, cache, stop: tuple[str, ...]) -> tuple[str, int]:
+        """Greedy continuation until a stop string, EOS or the token budget."""
+        eos = self._tokenizer.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        out: list[int] = []
+        text = ""
+        for _ in range(self.config.hf_max_new_tokens):
+            nxt = int(logprobs_last.argmax())
+            if nxt in eos_ids:
+                break
+            out.append(nxt)
+            text = self._tokenizer.decode(out, skip_special_tokens=True)
+            if any(s in text for s in stop):
+                break
+            logprobs, cache = self._forward([nxt], cache)
+            logprobs_last = logprobs[-1]
+        for s in stop:
+            text = text.split(s, 1)[0]
+        return text.strip(), len(out)
+
+    def _answer(self, item: JudgeItem) -> Completion:
+        import torch
+
+        threads = torch.get_num_threads()
+        with self._lock, torch.inference_mode():
+            if self.config.hf_threads is not None:
+                torch.set_num_threads(self.config.hf_threads)
+            try:
+                return self._answer_locked(item)
+            finally:
+                torch.set_num_threads(threads)
+
+    def _answer_locked(self, item: JudgeItem) -> Completion:
+        self._ensure_loaded()
+        ctx = self._context_ids(item.prompt)
+        if item.task == VERIFY:
+            prefix = "Final Decision: [["
+            logprobs, cache = self._forward(ctx + self._encode(prefix), None)
+            i, _, _ = self._choose(logprobs[-1], cache, [d + "]]" for d in DECISIONS])
+            return Completion(f"{prefix}{DECISIONS[i]}]]", len(ctx), 1)
+        if item.task == RULE:
+            prefix = '<judgement> {"Category": "'
+            logprobs, cache = self._forward(ctx + self._encode(prefix), None)
+            i, cache, last = self._choose(logprobs[-1], cache, [c + '"' for c in CATEGORIES])
+            bridge = ', "Relation/Intuition": "'
+            logprobs, cache = self._forward(self._encode(bridge), cache)
+            rationale, n = self._greedy(logprobs[-1], cache, stop=('"', "\n", "</judgement>"))
+            answer = {"Category": CATEGORIES[i], "Relation/Intuition": rationale}
+            return Completion(f"<judgement> {json.dumps(answer, ensure_ascii=False)} </judgement>", len(ctx), n + 1)
+        if item.task == EXPLAIN:
+            prefix = "<summary> "
+            logprobs, cache = self._forward(ctx + self._encode(prefix), None)
+            i, cache, last = self._choose(logprobs[-1], cache, list(SUMMARY_KINDS_TEXT))
+            kind = SUMMARY_KINDS_TEXT[i]
+            if kind == "Cannot Tell":
+                return Completion("<summary> Cannot Tell </summary>", len(ctx), 1)
+            body, n = self._greedy(last, cache, stop=("</summary>", "\n"))
+            return Completion(f"<summary> {kind} {body} </summary>", len(ctx), n + 1)
+        raise ValueError(f"unknown judge task {item.task!r}")
+
+    async def _complete(self, item: JudgeItem, sample: int) -> Completion:
+        self.report.n_requests += 1
+        # Run on the calling thread, not asyncio.to_thread: the local model is used one item
+        # at a time anyway, and every new thread that calls torch starts its own OpenMP pool
+        # whose spinning workers then slow every later forward pass (seconds per item on a
+        # busy 2-core machine).
+        completion = self._answer(item)
+        self.report.prompt_tokens += completion.prompt_tokens
+        self.report.completion_tokens += completion.completion_tokens
+        return completion

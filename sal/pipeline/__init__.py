@@ -1,0 +1,1 @@
+"""The three stages behind train.py, extract_rules.py and evaluate.py."""

@@ -1,0 +1,234 @@
+"""evaluate.py: rules -> judged sample -> SAL with CI and p-value; or the cross-model
+analysis (compare), the planted-rule validation (validate) and the judge budget (power)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from sal.config.schema import SALConfig
+from sal.pipeline.common import save_resolved_config, setup
+
+log = logging.getLogger("sal")
+
+
+def run(cfg: DictConfig):
+    typed, run_dir = setup(cfg)
+    save_resolved_config(cfg, run_dir / "config" / f"evaluate_{typed.analysis.name}.yaml")
+    handler = {"single": run_single, "compare": run_compare, "validate": run_validate, "power": run_power}
+    name = typed.analysis.name
+    if name != "single" and not typed.run_dir:
+        # Cross-model and synthetic analyses belong to no single model's run directory.
+        run_dir = Path(typed.paths.runs_root) / "_analysis" / name / typed.run_name
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return handler[name](typed, run_dir, OmegaConf.to_container(cfg, resolve=True))
+
+
+# --------------------------------------------------------------------------- single model
+def sample_rules(rules: pd.DataFrame, explained: set, n_per_arity: int, seed: int) -> tuple[pd.DataFrame, dict]:
+    """Uniform sample of ``n_per_arity`` rules per arity from the rules whose features all
+    have an explanation (only those can be put to the judge). Returns (sample, frame)."""
+    rng = np.random.default_rng(seed)
+    frame: Dict[str, dict] = {}
+    parts = []
+    judgeable = rules.p1.isin(explained) & rules.q.isin(explained) & ((rules.p2 < 0) | rules.p2.isin(explained))
+    for arity, sel in (("1", rules.p2 < 0), ("2", rules.p2 >= 0)):
+        pool = rules[sel & judgeable]
+        take = min(n_per_arity, len(pool))
+        idx = np.sort(rng.choice(len(pool), size=take, replace=False)) if take else np.array([], int)
+        parts.append(pool.iloc[idx])
+        frame[arity] = {"n_rules": int(sel.sum()), "n_judgeable": int(len(pool)), "n_sampled": int(take)}
+    return pd.concat(parts, ignore_index=True), frame
+
+
+def _judge_for(cfg: SALConfig, run_dir: Path):
+    from sal.judge import make_judge
+
+    loader = None
+    if cfg.judge.backend == "hf_local":
+        from sal.models import load_named_model
+
+        loader = lambda: load_named_model(cfg.judge.hf_model or cfg.model.name)  # noqa: E731
+    return make_judge(cfg.judge, run_dir=run_dir, loader=loader)
+
+
+def run_single(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
+    from sal import metrics, plots
+    from sal.interpret import judge_rules
+    from sal.report import write_model_report
+    from sal.tracking import log_images, start_run
+
+    rules_path, expl_path = run_dir / "rules" / "rules.parquet", run_dir / "features" / "explanations.parquet"
+    for p in (rules_path, expl_path):
+        if not p.exists():
+            raise FileNotFoundError(f"{p} not found: run `python extract_rules.py` with the same model and "
+                                    f"run_name first (or point run_dir= at a finished run).")
+    rules = pd.read_parquet(rules_path)
+    explanations = pd.read_parquet(expl_path)
+    explained = set(explanations.feature[explanations.explanation.notna()].astype(int))
+    sample, frame = sample_rules(rules, explained, cfg.evaluate.n_rules_per_arity, cfg.evaluate.seed)
+    print(f"[evaluate] sampling frame: {json.dumps(frame)}")
+    judge = _judge_for(cfg, run_dir)
+    labelled = judge_rules(sample, explanations, judge)
+    out = run_dir / "evaluate"
+    out.mkdir(parents=True, exist_ok=True)
+    labelled.to_parquet(out / "labelled_rules.parquet", index=False)
+
+    ok = labelled[labelled.judge_status == "ok"]
+    probs = metrics.probs_by_category_from_frame(ok, categories=cfg.evaluate.categories)
+    result = metrics.evaluate_sal(
+        probs, bins=cfg.evaluate.bins, report_bins=cfg.evaluate.report_bins, n_bootstrap=cfg.evaluate.n_bootstrap,
+        n_permutations=cfg.evaluate.n_permutations, ci_level=cfg.evaluate.ci_level, seed=cfg.evaluate.seed,
+        drop_empty=cfg.evaluate.empty_category == "drop")
+    summary = {
+        "model": cfg.model.name, "init": cfg.model.init, "run_dir": str(run_dir),
+        **result.to_dict(),
+        "sampling_frame": frame,
+        "n_labelled": int(len(ok)), "n_unlabelled": int(len(labelled) - len(ok)),
+        "judge": {"backend": cfg.judge.backend, "model": judge.report.model,
+                  "report": judge.report.as_dict() if hasattr(judge.report, "as_dict") else str(judge.report)},
+        "config": resolved,
+    }
+    (out / "sal.json").write_text(json.dumps(summary, indent=2, default=str))
+    (run_dir / "sal.json").write_text(json.dumps(summary, indent=2, default=str))
+    figures = {
+        "histograms": plots.plot_category_histograms(probs, out / "fig2_histograms.png", bins=cfg.evaluate.bins,
+                                                      title=f"{cfg.model.name}: rule probability by soundness"),
+        "pairwise_jsd": plots.plot_pairwise_jsd(result.pairwise, out / "fig3_pairwise_jsd.png", sal=result.sal),
+    }
+    report = write_model_report(out / "report.md", summary, labelled, explanations, figures,
+                                n_cases=cfg.evaluate.n_case_studies)
+    wb = start_run(cfg.logger, run_dir, f"{cfg.model.name}-sal", "evaluate", resolved)
+    if wb is not None:
+        wb.log({"sal/bits": result.sal, "sal/p_value": result.p_value, "sal/ci_low": result.ci[0],
+                "sal/ci_high": result.ci[1], **{f"sal/jsd_{k}": v for k, v in result.pairwise.items()}})
+        log_images(wb, figures)
+        wb.finish()
+    ci = result.ci
+    print(f"[evaluate] {cfg.model.name} ({cfg.model.init}): SAL = {result.sal:.4f} bits "
+          f"[{100 * cfg.evaluate.ci_level:.0f}% CI {ci[0]:.4f}, {ci[1]:.4f}], permutation p = {result.p_value:.4f}, "
+          f"rules per category {result.counts}")
+    print(f"[evaluate] report: {report}")
+    return summary
+
+
+# --------------------------------------------------------------------------- compare
+def collect_sal(cfg: SALConfig) -> Dict[str, float]:
+    """{model: SAL} from run directories, a multirun folder, or a CSV (``paper`` = packaged)."""
+    from sal.analysis import load_paper_sal
+
+    a = cfg.analysis
+    found: Dict[str, float] = {}
+    dirs: List[Path] = [Path(d) for d in a.run_dirs]
+    if a.multirun_dir:
+        dirs += sorted(p.parent for p in Path(a.multirun_dir).rglob("sal.json") if p.parent.name != "evaluate")
+    for d in dirs:
+        path = d / "sal.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} missing: run `python evaluate.py run_dir={d}` first.")
+        s = json.loads(path.read_text())
+        found[s["model"] if s.get("init", "pretrained") == "pretrained" else f"{s['model']}-{s['init']}"] = s["sal"]
+    if a.sal_csv and not dirs:
+        if a.sal_csv == "paper":
+            found.update(load_paper_sal())
+        else:
+            table = pd.read_csv(a.sal_csv)
+            found.update(dict(zip(table["model"], table["sal"].astype(float))))
+    return found
+
+
+def run_compare(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
+    from sal import analysis, plots
+    from sal.report import write_compare_report
+
+    sal_by_model = collect_sal(cfg)
+    comp = analysis.compare(sal_by_model, accuracy=cfg.analysis.accuracy_csv,
+                            accuracy_column=cfg.analysis.accuracy_column, benchmarks=cfg.analysis.benchmarks)
+    out = run_dir / "compare"
+    out.mkdir(parents=True, exist_ok=True)
+    summary = comp.summary()
+    (out / "compare.json").write_text(json.dumps(summary, indent=2, default=str))
+    comp.table.to_csv(out / "sal_vs_accuracy.csv", index=False)
+    comp.spearman.to_csv(out / "spearman_table1.csv", index=False)
+    figures = {"fig4": plots.plot_sal_vs_accuracy(comp, out / "fig4_sal_vs_accuracy.png"),
+               "fig5": plots.plot_sal_scale_family(sal_by_model, out / "fig5_scale_family.png")}
+    report = write_compare_report(out / "report.md", comp, figures)
+    fit = comp.fit
+    print(f"[compare] {len(comp.table)} models: eps = exp(-alpha * SAL^beta), alpha = {fit.alpha:.3f}, "
+          f"beta = {fit.beta:.3f}, R^2 = {fit.r2:.3f}, leave-one-out R^2 = {comp.loo.r2:.3f}")
+    print(comp.spearman.to_string(index=False))
+    print(f"[compare] report: {report}")
+    return summary
+
+
+# --------------------------------------------------------------------------- validate
+def run_validate(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
+    from sal import plots, synthetic
+    from sal.interpret import judge_rules
+    from sal.judge import make_judge
+
+    out = run_dir / "validate"
+    world = synthetic.generate_world(cfg.world)
+    paths = synthetic.save_world(world, out / "world")
+    rules = synthetic.count_world_rules(world)
+    planted = world.planted[["p1", "p2", "q"]]
+    to_label = rules.merge(planted, on=["p1", "p2", "q"], how="inner")
+    # The replay judge answers from the world's ground-truth file, through the same
+    # judge_rules path a real run uses; planted features get placeholder explanations.
+    feats = set(planted.p1) | set(planted.q) | set(planted.p2[planted.p2 >= 0])
+    explanations = {int(f): f"planted feature {int(f)}" for f in feats}
+    replay = dataclasses.replace(cfg.judge, backend="replay", replay_path=str(paths["labels"]), cache_dir=None)
+    labelled = judge_rules(to_label, explanations, make_judge(replay), progress=False)
+    labelled = labelled[labelled.judge_status == "ok"]
+    val = synthetic.validate_world(world, rules=to_label, labels=labelled, bins=cfg.evaluate.bins,
+                                   n_bootstrap=cfg.evaluate.n_bootstrap, n_permutations=cfg.evaluate.n_permutations,
+                                   ci_level=cfg.evaluate.ci_level, seed=cfg.evaluate.seed)
+    sweep = synthetic.separation_sweep(cfg.world, cfg.analysis.separations, cfg.analysis.n_seeds,
+                                       bins=cfg.evaluate.bins, n_bootstrap=200, n_permutations=200)
+    sweep.to_csv(out / "separation_sweep.csv", index=False)
+    fig = plots.plot_validation(sweep, out / "validation.png")
+    summary = {"world": dataclasses.asdict(cfg.world), "sal": val.sal.to_dict(),
+               "recovery": val.recovery._asdict(), "sweep": sweep.to_dict(orient="records")}
+    (out / "validate.json").write_text(json.dumps(summary, indent=2, default=str))
+    r = val.sal
+    print(f"[validate] world={cfg.world.mode} separation={cfg.world.separation}: SAL = {r.sal:.4f} bits "
+          f"[CI {r.ci[0]:.4f}, {r.ci[1]:.4f}], p = {r.p_value:.4f}; recovery: {val.recovery}")
+    print(sweep.groupby("separation")[["sal", "p_value"]].mean().to_string())
+    print(f"[validate] figure: {fig}")
+    return summary
+
+
+# --------------------------------------------------------------------------- power
+def run_power(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
+    from sal import plots, power, synthetic
+
+    p = cfg.analysis.power
+    shares = None
+    if p.source == "run":
+        labelled = pd.concat([pd.read_parquet(Path(d) / "evaluate" / "labelled_rules.parquet")
+                              for d in cfg.analysis.run_dirs])
+        pool, shares = power.pool_from_rules(labelled[labelled.judge_status == "ok"])
+    else:
+        pool = synthetic.rule_pool(synthetic.generate_world(cfg.world))
+    tokens = p.tokens_per_judgment
+    result = power.power_analysis(pool, delta=p.delta, n_grid=p.n_grid, n_sim=p.n_sim, n_bootstrap=p.n_bootstrap,
+                                  bins=cfg.evaluate.bins, alpha=p.alpha, target_power=p.target_power,
+                                  ci_level=cfg.evaluate.ci_level, seed=cfg.evaluate.seed,
+                                  tokens_per_judgment=tokens, price_per_1k_tokens=p.price_per_1k_tokens,
+                                  category_shares=shares)
+    out = run_dir / "power"
+    out.mkdir(parents=True, exist_ok=True)
+    result.table.to_csv(out / "power_table.csv", index=False)
+    fig = plots.plot_power(result, out / "power.png")
+    (out / "recommendation.txt").write_text(result.recommendation + "\n")
+    print(result.table.to_string(index=False))
+    print(f"[power] {result.recommendation}")
+    print(f"[power] figure: {fig}")
+    return {"n_required": result.n_required, "recommendation": result.recommendation}

@@ -1,0 +1,129 @@
+"""extract_rules.py: feature interpretation over the corpus, then exact 1-/2-premise rule
+counts over the rule set (Appendix D), sharded over the trainer's ranks."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from omegaconf import DictConfig
+
+from sal.config.schema import SALConfig
+from sal.pipeline.common import build_corpus, save_resolved_config, setup
+
+log = logging.getLogger("sal")
+
+DECISION_ORDER = ("No", "Maybe", "Probably", "Yes")
+
+
+def load_crosscoder(cfg: SALConfig, run_dir: Path, device):
+    from sal.crosscoder import Crosscoder
+
+    export = run_dir / "crosscoder"
+    if not (export / "config.json").exists():
+        raise FileNotFoundError(f"No crosscoder in {export}: run `python train.py` with the same model and "
+                                f"run_name first (or set run_dir= to a finished training run).")
+    cc = Crosscoder.from_pretrained(export, device=device)
+    layers = [int(i) for i in Crosscoder.load_config(export)["layers"]]
+    if layers != list(cfg.layers.indices):
+        log.warning("The crosscoder was trained on layers %s; using those (config says %s)", layers, cfg.layers.indices)
+    return cc.eval(), layers
+
+
+def allowed_features(explanations: pd.DataFrame, min_level: str) -> list[int]:
+    """Features whose explanation verified at ``min_level`` or better (paper: Maybe)."""
+    ok_levels = DECISION_ORDER[DECISION_ORDER.index(min_level):]
+    return [int(f) for f in explanations.feature[explanations.decision.isin(ok_levels)]]
+
+
+def interpret(cfg: SALConfig, run_dir: Path, model, tokenizer, cc, layers) -> pd.DataFrame:
+    """Top spans over the training corpus, explained and verified by the judge; cached."""
+    from sal.data.corpus import document_texts
+    from sal.features import feature_pass
+    from sal.interpret import TopSpanCollector, interpret_features
+    from sal.judge import make_judge
+
+    path = run_dir / "features" / "explanations.parquet"
+    if path.exists():
+        return pd.read_parquet(path)
+    corpus = build_corpus(cfg, "corpus", model, tokenizer)
+    texts = document_texts(corpus, cfg.data.generation.prompt)
+    ic = cfg.interpret
+    collector = TopSpanCollector(cc.n_features, k=ic.top_k, window=ic.span_window, tau=ic.tau, store_tokens=True)
+    for fb in feature_pass(model, tokenizer, cc, texts, layers, cfg.model.max_seq_len, desc="feature pass (corpus)"):
+        # Spans are collected "regardless of which layer they activate in": max over layers.
+        collector.update(fb.feats_BTLC.amax(dim=2), fb.token_ids_BT, fb.mask_BT, fb.doc_ids)
+    result = interpret_features(collector, make_judge(cfg.judge, run_dir=run_dir), tokenizer, run_dir, ic)
+    t3 = result.table3
+    print(f"[extract] features: dead rate {100 * t3['dead_rate']:.2f}%, explainable rate "
+          f"{100 * (t3['explainable_rate'] or 0):.2f}% of {t3['n_judged']} judged ({t3['n_sufficient']} with >= "
+          f"{ic.min_activations} activations), {len(result.allowed)} allowed")
+    return result.explanations
+
+
+def rule_set_layer_counts(cfg: SALConfig, run_dir: Path, model, tokenizer, cc, layers) -> sp.csr_matrix:
+    """One layer-count vector per rule-set sample (CSR [n_samples, C]); cached."""
+    from sal.data.corpus import document_texts
+    from sal.features import feature_pass
+    from sal.rules import LayerCountBuilder, aggregate_batch
+
+    path = run_dir / "rules" / f"layer_counts_{cfg.rules.aggregate}_tau{cfg.rules.tau:g}.npz"
+    if path.exists():
+        return sp.load_npz(path)
+    rule_set = build_corpus(cfg, "rule_set", model, tokenizer)
+    texts = document_texts(rule_set, cfg.data.generation.prompt)
+    builder = LayerCountBuilder(cc.n_features)
+    for fb in feature_pass(model, tokenizer, cc, texts, layers, cfg.model.max_seq_len, desc="feature pass (rule set)"):
+        for row in aggregate_batch(fb.feats_BTLC, fb.mask_BT.to(fb.feats_BTLC.device), tau=cfg.rules.tau,
+                                   mode=cfg.rules.aggregate):
+            builder.add(row)
+    counts = builder.to_csr()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    sp.save_npz(tmp, counts)
+    tmp.replace(path)
+    return counts
+
+
+def count(cfg: SALConfig, run_dir: Path, layer_counts: sp.csr_matrix, allowed) -> pd.DataFrame | None:
+    """count_rules in-process, or sharded over the trainer's DDP ranks (rank 0 gets the table)."""
+    from sal.rules import count_rules, run_sharded
+
+    r, t = cfg.rules, cfg.trainer
+    n_proc = r.num_processes
+    if n_proc == 1 and "ddp" in t.strategy and isinstance(t.devices, int):
+        n_proc = t.devices
+    opts = dict(max_premises=r.max_premises, beta=r.beta, min_premise_count=r.min_premise_count,
+                min_rule_count=r.min_rule_count, allowed=allowed, chunk_samples=r.chunk_samples,
+                memory_budget_gb=r.memory_budget_gb)
+    if n_proc > 1:
+        return run_sharded(layer_counts, str(run_dir / "rules"), n_proc, progress=r.progress, **opts)
+    return count_rules(layer_counts, spill_dir=r.spill_dir, progress=r.progress, **opts)
+
+
+def run(cfg: DictConfig):
+    typed, run_dir = setup(cfg)
+    save_resolved_config(cfg, run_dir / "config" / "extract_rules.yaml")
+
+    from sal.models import load_subject_model
+    from sal.rules import summarize_rules, write_rules_outputs
+
+    model, tokenizer = load_subject_model(typed.model)
+    cc, layers = load_crosscoder(typed, run_dir, model.device)
+    explanations = interpret(typed, run_dir, model, tokenizer, cc, layers)
+    allowed = allowed_features(explanations, typed.rules.min_explanation_level) if typed.rules.restrict_to_explained else None
+    layer_counts = rule_set_layer_counts(typed, run_dir, model, tokenizer, cc, layers)
+    rules = count(typed, run_dir, layer_counts, allowed)
+    if rules is None:  # a non-zero rank of a sharded count: rank 0 writes the outputs
+        return None
+    paths = write_rules_outputs(str(run_dir / "rules"), rules, layer_counts, config=typed.rules)
+    n_active = np.diff(layer_counts.indptr)
+    print(f"[extract] rule set: {layer_counts.shape[0]} samples, {n_active.mean():.1f} active features per sample "
+          f"({typed.rules.aggregate}), {len(allowed) if allowed is not None else 'all'} allowed features")
+    print(summarize_rules(rules))
+    print(f"[extract] wrote {json.dumps(paths)}")
+    return {"n_rules": int(len(rules))}

@@ -1,0 +1,33 @@
+"""train.py: corpus -> streaming residual-stream activations -> crosscoder export."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from omegaconf import DictConfig, OmegaConf
+
+from sal.pipeline.common import build_corpus, log, save_resolved_config, setup
+
+
+def run(cfg: DictConfig) -> dict:
+    typed, run_dir = setup(cfg)
+    save_resolved_config(cfg, run_dir / "config" / "train.yaml")
+
+    from sal.data.corpus import document_texts
+    from sal.models import load_subject_model
+    from sal.training.run import format_summary, train_crosscoder
+
+    model, tokenizer = load_subject_model(typed.model)
+    corpus = build_corpus(typed, "corpus", model, tokenizer)
+    texts = document_texts(corpus, typed.data.generation.prompt)
+    log.info("Training on %d documents at layers %s", len(texts), typed.layers.indices)
+    result = train_crosscoder(
+        typed.crosscoder, typed.optim, typed.trainer, model, tokenizer, texts, typed.layers.indices, run_dir,
+        logger=typed.logger,
+        model_name=typed.model.name,
+        subject_model=dataclasses.asdict(typed.model),
+        resolved_config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    print(f"[train] {typed.model.name}: {format_summary(result.summary)}")
+    print(f"[train] crosscoder exported to {result.export_dir}")
+    return result.summary

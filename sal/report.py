@@ -1,0 +1,125 @@
+"""Markdown reports with PNG figures: one model's SAL, the cross-model analysis, the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, Mapping, Optional
+
+import pandas as pd
+
+
+def _rel(path: Path, start: Path) -> str:
+    return os.path.relpath(Path(path).resolve(), Path(start).resolve())
+
+
+def _fmt_ci(ci) -> str:
+    return f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def case_studies(labelled: pd.DataFrame, explanations: pd.DataFrame, n: int) -> pd.DataFrame:
+    """Table 2 layout: the highest-probability judged rules per category, with the features'
+    explanations and the judge's rationale."""
+    expl = dict(zip(explanations.feature.astype(int), explanations.explanation))
+    ok = labelled[labelled.judge_status == "ok"]
+    rows = []
+    for cat, group in ok.groupby("category", sort=False):
+        for r in group.sort_values("prob", ascending=False).head(n).itertuples():
+            rows.append({"category": cat, "prob": round(float(r.prob), 4),
+                         "P1": expl.get(int(r.p1), ""), "P2": expl.get(int(r.p2), "") if r.p2 >= 0 else "",
+                         "C": expl.get(int(r.q), ""), "rationale": r.rationale or ""})
+    return pd.DataFrame(rows, columns=["category", "prob", "P1", "P2", "C", "rationale"])
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_(none)_\n"
+    cols = list(df.columns)
+    clean = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(clean(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def sal_block(summary: Mapping) -> str:
+    by_bins = ", ".join(f"B={b}: {v:.4f}" for b, v in summary.get("sal_by_bins", {}).items())
+    pair = ", ".join(f"{k} {v:.4f}" for k, v in summary["pairwise"].items())
+    lines = [
+        f"- **SAL = {summary['sal']:.4f} bits** (B = {summary['bins']}), "
+        f"{100 * summary.get('ci_level', 0.95):.0f}% bootstrap CI {_fmt_ci(summary['ci'])}",
+        f"- permutation test against a soundness-agnostic model: p = {summary['p_value']:.4f} "
+        f"(null mean SAL {summary.get('null_mean', float('nan')):.4f} bits at these sample sizes)",
+        f"- pairwise JSD: {pair}",
+        f"- SAL at other bin counts: {by_bins}",
+        f"- labelled rules per category: {summary['counts']}",
+    ]
+    if summary.get("dropped"):
+        lines.append(f"- **warning**: categories with no rules were dropped: {summary['dropped']}")
+    frame = summary.get("sampling_frame")
+    if frame:
+        lines.append("- sampling frame: " + "; ".join(
+            f"{a}-premise: {f['n_sampled']} drawn of {f['n_judgeable']} judgeable ({f['n_rules']} extracted)"
+            for a, f in frame.items()))
+    return "\n".join(lines) + "\n"
+
+
+def write_model_report(path: Path, summary: Mapping, labelled: pd.DataFrame, explanations: pd.DataFrame,
+                       figures: Mapping[str, Path], n_cases: int = 5) -> Path:
+    path = Path(path)
+    parts = [f"# Soundness-Aware Level: {summary['model']} ({summary.get('init', 'pretrained')})\n",
+             sal_block(summary),
+             f"\n![rule probabilities by soundness]({_rel(figures['histograms'], path.parent)})\n",
+             f"\n![pairwise JSD]({_rel(figures['pairwise_jsd'], path.parent)})\n",
+             "\n## Case studies (Table 2 layout)\n",
+             _md_table(case_studies(labelled, explanations, n_cases))]
+    path.write_text("\n".join(parts))
+    return path
+
+
+def write_compare_report(path: Path, comp, figures: Mapping[str, Path]) -> Path:
+    path = Path(path)
+    fit, loo = comp.fit, comp.loo
+    table = comp.table.copy()
+    table["loo_prediction"] = loo.predictions
+    parts = [
+        "# SAL vs post-RL performance\n",
+        f"Fit of eps = exp(-alpha * SAL^beta) on the error rate ({comp.accuracy_column}): "
+        f"**alpha = {fit.alpha:.3f}, beta = {fit.beta:.3f}, R^2 = {fit.r2:.3f}**; "
+        f"leave-one-out R^2 = {loo.r2:.3f}.\n",
+        _md_table(table.round(4)),
+        "\n## Spearman correlation (Table 1 layout)\n",
+        _md_table(comp.spearman),
+        f"\n![Figure 4]({_rel(figures['fig4'], path.parent)})\n",
+        f"\n![Figure 5]({_rel(figures['fig5'], path.parent)})\n",
+    ]
+    if comp.unmatched:
+        parts.append(f"\nModels without an accuracy entry (left out): {comp.unmatched}\n")
+    path.write_text("\n".join(parts))
+    return path
+
+
+def write_demo_report(path: Path, runs: Mapping[str, Path]) -> Path:
+    """Side-by-side report of the subject model and its null (random-weights) control."""
+    path = Path(path)
+    parts = ["# SAL on the offline default\n",
+             "Subject model SmolLM2-135M-Instruct on packaged MATH/GSM8K data, next to the same "
+             "architecture with random weights reading the same text (the null model).\n",
+             "| run | SAL (bits) | 95% CI | permutation p | rules per category |", "|---|---|---|---|---|"]
+    blocks = []
+    for label, run_dir in runs.items():
+        s = json.loads((Path(run_dir) / "sal.json").read_text())
+        parts.append(f"| {label} | {s['sal']:.4f} | {_fmt_ci(s['ci'])} | {s['p_value']:.4f} | {s['counts']} |")
+        ev = Path(run_dir) / "evaluate"
+        t3 = Path(run_dir) / "features" / "table3.json"
+        extra = ""
+        if t3.exists():
+            t = json.loads(t3.read_text())
+            extra = (f"- features: dead rate {100 * t['dead_rate']:.2f}%, explainable rate "
+                     f"{100 * (t['explainable_rate'] or 0):.2f}% of {t['n_judged']} judged\n")
+        blocks += [f"\n## {label}\n", sal_block(s), extra,
+                   f"![histograms]({_rel(ev / 'fig2_histograms.png', path.parent)})\n",
+                   f"![pairwise JSD]({_rel(ev / 'fig3_pairwise_jsd.png', path.parent)})\n",
+                   f"Full report: [{_rel(ev / 'report.md', path.parent)}]({_rel(ev / 'report.md', path.parent)})\n"]
+    path.write_text("\n".join(parts + blocks))
+    return path

@@ -1,0 +1,335 @@
+"""Sharded, resumable rule counting whose merged result equals a single-process run.
+
+The rule set is split into ``world_size`` contiguous shards of samples. Counting runs in two
+phases so that Apriori pruning stays exact across shards:
+
+1. every rank counts ``count(P)`` on its shard and writes ``shards/rank<r>.premises.npz``;
+2. after a barrier every rank merges all premise shards (the *global* count(P)), counts
+   ``count(P, q)`` on its shard for the premises passing ``min_premise_count`` globally, and
+   writes ``shards/rank<r>.npz`` holding its raw premise table and raw rule table (no
+   smoothing, no ``min_rule_count`` filter);
+3. after a second barrier rank 0 sums all shard tables and applies beta and the filters
+   (``merge_shards``), giving exactly ``count_rules`` on the whole set.
+
+Files are written to a temporary name and moved into place with ``os.replace``; each file
+records a fingerprint of its inputs (the shard's layer counts, the settings and, for phase 2,
+all premise shards), and a rerun skips every shard whose file matches: a killed job resumes
+where it stopped. ``run_sharded`` drives the phases with Lightning Fabric (DDP, gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from sal.rules._csr import as_layer_count_csr
+from sal.rules.count import (
+    DEFAULT_CHUNK_SAMPLES,
+    DEFAULT_MEMORY_BUDGET_GB,
+    PremiseCounts,
+    RuleCounts,
+    count_conclusions,
+    count_premises,
+    rules_table,
+)
+
+SHARD_SUBDIR = "shards"
+_FORMAT_VERSION = 1
+
+
+def shard_range(n_samples: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, end) of rank's contiguous shard (sizes differ by at most one)."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank}, world_size={world_size}: need world_size >= 1 and 0 <= rank < world_size")
+    base, extra = divmod(n_samples, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def premise_shard_path(out_dir: str, rank: int) -> str:
+    return os.path.join(out_dir, SHARD_SUBDIR, f"rank{rank}.premises.npz")
+
+
+def shard_path(out_dir: str, rank: int) -> str:
+    return os.path.join(out_dir, SHARD_SUBDIR, f"rank{rank}.npz")
+
+
+def _fingerprint(*parts: Any) -> str:
+    h = hashlib.sha1()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            h.update(np.ascontiguousarray(part).tobytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True).encode())
+        h.update(b"|")
+    return h.hexdigest()
+
+
+def _data_fingerprint(mat: sp.csr_matrix) -> str:
+    return _fingerprint(list(mat.shape), mat.indptr.astype(np.int64), mat.indices, mat.data)
+
+
+def _save_atomic(path: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load(path: str) -> tuple[dict, dict[str, np.ndarray]]:
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        arrays = {k: z[k] for k in z.files if k != "meta"}
+    return meta, arrays
+
+
+def _read_meta(path: str) -> dict | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(str(z["meta"]))
+    except (OSError, ValueError, KeyError):
+        return None  # missing or truncated: recount
+
+
+def _premise_arrays(p: PremiseCounts) -> dict[str, np.ndarray]:
+    return {
+        "n_samples": np.array(p.n_samples, np.int64),
+        "feature_counts": p.feature_counts,
+        "pair_p1": p.pair_p1,
+        "pair_p2": p.pair_p2,
+        "pair_counts": p.pair_counts,
+    }
+
+
+def _premises_from(arrays: dict[str, np.ndarray]) -> PremiseCounts:
+    return PremiseCounts(
+        n_samples=int(arrays["n_samples"]),
+        feature_counts=arrays["feature_counts"],
+        pair_p1=arrays["pair_p1"],
+        pair_p2=arrays["pair_p2"],
+        pair_counts=arrays["pair_counts"],
+    )
+
+
+def _rules_from(meta: dict, arrays: dict[str, np.ndarray]) -> RuleCounts:
+    return RuleCounts(
+        n_features=meta["n_features"],
+        min_premise_count=meta["min_premise_count"],
+        **{k: arrays[k] for k in ("one_p", "one_q", "one_n", "two_p1", "two_p2", "two_q", "two_n")},
+    )
+
+
+def count_shard_premises(
+    shard_counts: Any,
+    rank: int,
+    world_size: int,
+    out_dir: str,
+    *,
+    max_premises: int = 2,
+    allowed: Any = None,
+    chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
+    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+    progress: bool = False,
+) -> str:
+    """Phase 1 for one rank: count(P) of its shard -> ``shards/rank<r>.premises.npz`` (skipped if done)."""
+    mat = as_layer_count_csr(shard_counts, allowed)
+    meta = {
+        "version": _FORMAT_VERSION,
+        "kind": "premises",
+        "rank": rank,
+        "world_size": world_size,
+        "n_features": mat.shape[1],
+        "max_premises": max_premises,
+        "data": _data_fingerprint(mat),
+    }
+    meta["fingerprint"] = _fingerprint(meta)
+    path = premise_shard_path(out_dir, rank)
+    old = _read_meta(path)
+    if old is not None and old.get("fingerprint") == meta["fingerprint"]:
+        return path
+    premises = count_premises(
+        mat, max_premises=max_premises, chunk_samples=chunk_samples, memory_budget_gb=memory_budget_gb,
+        spill_dir=os.path.join(out_dir, SHARD_SUBDIR), progress=progress,
+    )
+    _save_atomic(path, meta, _premise_arrays(premises))
+    return path
+
+
+def merge_premise_shards(paths: list[str]) -> tuple[PremiseCounts, list[str]]:
+    """Global count(P) from all phase-1 files, plus their fingerprints (in rank order)."""
+    loaded = [_load(p) for p in paths]
+    _check_complete([m for m, _ in loaded], paths)
+    loaded.sort(key=lambda x: x[0]["rank"])
+    return PremiseCounts.merge([_premises_from(a) for _, a in loaded]), [m["fingerprint"] for m, _ in loaded]
+
+
+def count_shard_rules(
+    shard_counts: Any,
+    rank: int,
+    world_size: int,
+    out_dir: str,
+    *,
+    max_premises: int = 2,
+    min_premise_count: int = 1,
+    allowed: Any = None,
+    chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
+    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+    progress: bool = False,
+) -> str:
+    """Phase 2 for one rank (all phase-1 files must exist): raw tables -> ``shards/rank<r>.npz``."""
+    mat = as_layer_count_csr(shard_counts, allowed)
+    premise_paths = [premise_shard_path(out_dir, r) for r in range(world_size)]
+    premise_metas = [_read_meta(p) for p in premise_paths]
+    if any(m is None for m in premise_metas):
+        missing = [p for p, m in zip(premise_paths, premise_metas) if m is None]
+        raise FileNotFoundError(f"phase-1 premise shards missing: {missing}; run count_shard_premises on every rank first")
+    own = premise_metas[rank]
+    data = _data_fingerprint(mat)
+    if own["data"] != data:
+        raise ValueError(
+            f"rank {rank}: its layer counts differ from the ones its premise shard was counted on; "
+            f"delete {os.path.join(out_dir, SHARD_SUBDIR)} or pass the same shard"
+        )
+    meta = {
+        "version": _FORMAT_VERSION,
+        "kind": "rules",
+        "rank": rank,
+        "world_size": world_size,
+        "n_features": mat.shape[1],
+        "max_premises": max_premises,
+        "min_premise_count": min_premise_count,
+        "data": data,
+        "premise_shards": [m["fingerprint"] for m in premise_metas],
+    }
+    meta["fingerprint"] = _fingerprint(meta)
+    path = shard_path(out_dir, rank)
+    old = _read_meta(path)
+    if old is not None and old.get("fingerprint") == meta["fingerprint"]:
+        return path
+    global_premises, _ = merge_premise_shards(premise_paths)
+    rules = count_conclusions(
+        mat, global_premises, max_premises=max_premises, min_premise_count=min_premise_count,
+        chunk_samples=chunk_samples, memory_budget_gb=memory_budget_gb,
+        spill_dir=os.path.join(out_dir, SHARD_SUBDIR), progress=progress,
+    )
+    del global_premises
+    own_premises = _premises_from(_load(premise_paths[rank])[1])
+    arrays = _premise_arrays(own_premises)
+    arrays.update({k: getattr(rules, k) for k in ("one_p", "one_q", "one_n", "two_p1", "two_p2", "two_q", "two_n")})
+    _save_atomic(path, meta, arrays)
+    return path
+
+
+def _check_complete(metas: list[dict], paths: list[str]) -> None:
+    if not metas:
+        raise ValueError("no shard files given; pass the paths of every rank's shard")
+    world = {m["world_size"] for m in metas}
+    ranks = sorted(m["rank"] for m in metas)
+    if len(world) != 1 or ranks != list(range(world.pop())):
+        raise ValueError(
+            f"shard files {paths} do not form one complete run (ranks {ranks}, world sizes "
+            f"{sorted({m['world_size'] for m in metas})}); pass exactly one file per rank of one run"
+        )
+
+
+def merge_shards(
+    paths: list[str],
+    *,
+    beta: float = 1.0,
+    min_premise_count: int | None = None,
+    min_rule_count: int = 1,
+    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+    spill_dir: str | None = None,
+) -> pd.DataFrame:
+    """Sum the shards' raw tables, then smooth and filter: equals ``count_rules`` on all samples.
+
+    ``min_premise_count`` defaults to the threshold the shards were pruned with; a larger one
+    is allowed, a smaller one is not (those premises were never enumerated).
+    """
+    metas = [_read_meta(p) for p in paths]
+    if any(m is None or m.get("kind") != "rules" for m in metas):
+        bad = [p for p, m in zip(paths, metas) if m is None or m.get("kind") != "rules"]
+        raise ValueError(f"not finished rule shards: {bad}; rerun the counting (finished shards are skipped)")
+    _check_complete(metas, paths)
+    order = sorted(range(len(paths)), key=lambda i: metas[i]["rank"])
+    premises = PremiseCounts.merge([_premises_from(_load(paths[i])[1]) for i in order])
+
+    def shard_rules() -> Iterator[RuleCounts]:
+        for i in order:
+            meta, arrays = _load(paths[i])
+            yield _rules_from(meta, arrays)
+
+    rules = RuleCounts.merge(shard_rules(), memory_budget_gb=memory_budget_gb, spill_dir=spill_dir)
+    if min_premise_count is None:
+        min_premise_count = rules.min_premise_count
+    return rules_table(premises, rules, beta=beta, min_premise_count=min_premise_count, min_rule_count=min_rule_count)
+
+
+def make_fabric(num_processes: int, accelerator: str = "cpu", strategy: str = "ddp", timeout_s: float = 6 * 3600):
+    """A Fabric for counting; with DDP on CPU the process group uses gloo."""
+    from lightning.fabric import Fabric
+    from lightning.fabric.strategies import DDPStrategy
+
+    if strategy in ("ddp", "ddp_spawn"):
+        strategy_obj = DDPStrategy(
+            process_group_backend="gloo" if accelerator == "cpu" else None,
+            timeout=datetime.timedelta(seconds=timeout_s),  # a rank may count for hours before the barrier
+            start_method="popen" if strategy == "ddp" else "spawn",
+        )
+    else:
+        strategy_obj = strategy
+    return Fabric(accelerator=accelerator, devices=num_processes, strategy=strategy_obj)
+
+
+def run_sharded(
+    layer_counts: Any,
+    out_dir: str,
+    num_processes: int = 1,
+    *,
+    max_premises: int = 2,
+    beta: float = 1.0,
+    min_premise_count: int = 1,
+    min_rule_count: int = 1,
+    allowed: Any = None,
+    chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
+    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+    accelerator: str = "cpu",
+    strategy: str = "ddp",
+    fabric: Any = None,
+    progress: bool = False,
+) -> pd.DataFrame | None:
+    """Count rules over ``num_processes`` Fabric ranks; rank 0 returns the merged table, others None.
+
+    With ``strategy="ddp"`` Fabric relaunches the calling script once per extra rank, so every
+    process must reach this call with the same ``layer_counts`` (load them from a file or
+    recompute them deterministically). Pass an already launched ``fabric`` to reuse one.
+    """
+    if fabric is None:
+        fabric = make_fabric(num_processes, accelerator=accelerator, strategy=strategy)
+        fabric.launch()
+    rank, world_size = fabric.global_rank, fabric.world_size
+    mat = as_layer_count_csr(layer_counts, allowed)
+    start, end = shard_range(mat.shape[0], rank, world_size)
+    shard = mat[start:end]
+    opts = dict(max_premises=max_premises, chunk_samples=chunk_samples, memory_budget_gb=memory_budget_gb, progress=progress and rank == 0)
+    count_shard_premises(shard, rank, world_size, out_dir, **opts)
+    fabric.barrier()
+    count_shard_rules(shard, rank, world_size, out_dir, min_premise_count=min_premise_count, **opts)
+    fabric.barrier()
+    if rank != 0:
+        return None
+    return merge_shards(
+        [shard_path(out_dir, r) for r in range(world_size)], beta=beta, min_premise_count=min_premise_count,
+        min_rule_count=min_rule_count, memory_budget_gb=memory_budget_gb,
+    )

@@ -1,0 +1,203 @@
+"""Optional on-disk activation cache: safetensors shards of valid-token activations.
+
+Layout of ``<root>/<key>/``: ``shard_00000.safetensors`` ... (tensor ``acts`` ``[N, L, D]``)
+and ``index.json`` (shard sizes, layers, d_model, dtype and the fields of the key). The key
+hashes the subject model (name + a weight fingerprint), the layers, the tokenization
+settings and the corpus text, so every job of a sparsity sweep over the same model and
+corpus finds the same cache, and any change makes a new one.
+
+Written once: the builder takes ``<root>/<key>.lock`` (O_EXCL), writes into a temporary
+directory and renames it into place; other processes (DDP ranks, other sweep jobs) wait for
+``index.json``. A builder that dies leaves a lock that stops being refreshed; after
+``stale_after_s`` a waiter takes over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import IterableDataset
+
+from sal.training.data import ShuffleBuffer, _pad, _seed, rank_and_world, shard_index
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def corpus_hash(texts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        b = t.encode("utf-8")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def model_fingerprint(model) -> str:
+    """Name plus a hash of a slice of every parameter (cheap, but tells random inits apart)."""
+    h = hashlib.sha256(str(getattr(getattr(model, "config", None), "_name_or_path", "")).encode())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            h.update(name.encode())
+            h.update(p.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(model, tokenizer, texts: Sequence[str], layers: Sequence[int], optim, model_name: str = "") -> dict:
+    return {
+        "model_name": model_name,
+        "model_fingerprint": model_fingerprint(model),
+        "tokenizer": f"{getattr(tokenizer, 'name_or_path', '')}|{len(tokenizer)}",
+        "layers": list(layers),
+        "max_tokens_per_instance": optim.max_tokens_per_instance,
+        "cache_dtype": optim.cache_dtype,
+        "corpus_sha256": corpus_hash(texts),
+        "n_documents": len(texts),
+    }
+
+
+def _key_dir(root: Path, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in (key.get("model_name") or "model"))
+    return root / f"{name}-{digest}"
+
+
+def _try_lock(lock: Path, stale_after_s: float) -> bool:
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    except FileExistsError:
+        try:
+            if time.time() - lock.stat().st_mtime > stale_after_s:
+                log.warning("Activation-cache lock %s is stale; taking over.", lock)
+                lock.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+        return False
+
+
+def ensure_activation_cache(root: str | os.PathLike, model, tokenizer, texts: Sequence[str], layers: Sequence[int],
+                            optim, model_name: str = "", capture_fn: Callable | None = None,
+                            mask_fn: Callable | None = None, stale_after_s: float = 900.0,
+                            poll_s: float = 2.0) -> Path:
+    """Return the cache directory for these inputs, building it first if needed.
+
+    Only global rank 0 (of this job) builds; the other ranks and concurrent jobs wait."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    key = cache_key(model, tokenizer, texts, layers, optim, model_name)
+    target = _key_dir(root, key)
+    lock = target.with_name(target.name + ".lock")
+    rank, _ = rank_and_world()
+    while not (target / "index.json").exists():
+        if rank == 0 and _try_lock(lock, stale_after_s):
+            try:
+                if not (target / "index.json").exists():
+                    _build(target, lock, key, model, tokenizer, texts, layers, optim, capture_fn, mask_fn)
+            finally:
+                lock.unlink(missing_ok=True)
+        else:
+            time.sleep(poll_s)
+    return target
+
+
+def _build(target: Path, lock: Path, key: dict, model, tokenizer, texts, layers, optim, capture_fn, mask_fn) -> None:
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    from sal import activations
+
+    capture_fn = capture_fn or activations.residual_stream
+    mask_fn = mask_fn or activations.valid_token_mask
+    special = activations.special_token_ids(tokenizer)
+    dtype = _DTYPES[optim.cache_dtype]
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    device = next(model.parameters()).device
+    shards, pending, n_pending, d_model = [], [], 0, None
+
+    def flush(final: bool = False) -> None:
+        nonlocal pending, n_pending
+        while n_pending >= optim.cache_shard_tokens or (final and n_pending > 0):
+            cat = torch.cat(pending)
+            n = min(optim.cache_shard_tokens, cat.shape[0])
+            name = f"shard_{len(shards):05d}.safetensors"
+            save_file({"acts": cat[:n].contiguous()}, str(tmp / name))
+            shards.append({"file": name, "n_tokens": n})
+            pending, n_pending = ([cat[n:]] if cat.shape[0] > n else []), cat.shape[0] - n
+            os.utime(lock, None)  # heartbeat: the lock is not stale while shards appear
+
+    step = optim.docs_per_forward
+    for i in tqdm(range(0, len(texts), step), desc="activation cache", unit="batch"):
+        enc = tokenizer(list(texts[i:i + step]), truncation=True, max_length=optim.max_tokens_per_instance)
+        ids, attn = _pad([list(r) for r in enc["input_ids"]])
+        valid = mask_fn(ids, attn, special)
+        if not valid.any():
+            continue
+        acts = capture_fn(model, ids.to(device), attn.to(device), list(layers))[valid.to(device)]
+        d_model = acts.shape[-1]
+        pending.append(acts.to("cpu", dtype))
+        n_pending += acts.shape[0]
+        flush()
+    flush(final=True)
+    if not shards:
+        raise ValueError("The corpus has no valid tokens: cannot build an activation cache.")
+    index = {"shards": shards, "n_tokens": sum(s["n_tokens"] for s in shards), "layers": list(layers),
+             "d_model": d_model, "dtype": optim.cache_dtype, "key": key}
+    (tmp / "index.json").write_text(json.dumps(index, indent=2))
+    os.replace(tmp, target)
+    log.info("Activation cache written: %s (%d tokens)", target, index["n_tokens"])
+
+
+class CachedActivationStream(IterableDataset):
+    """Infinite stream of ``[batch_tokens, L, D]`` batches read from an activation cache.
+
+    Each epoch visits the shards in a seeded order; a shard's tokens are permuted and dealt
+    round-robin to ``world_size * num_workers`` shards of the stream, then mixed across
+    cache shards by a :class:`ShuffleBuffer`. ``start_tokens`` (resume) skips tokens exactly.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, batch_tokens: int, shuffle_buffer_tokens: int, seed: int = 0,
+                 start_tokens: int = 0, device: torch.device | str = "cpu", epochs: int | None = None) -> None:
+        super().__init__()
+        self.dir = Path(cache_dir)
+        self.index = json.loads((self.dir / "index.json").read_text())
+        self.batch_tokens, self.buffer_tokens = int(batch_tokens), int(shuffle_buffer_tokens)
+        self.seed, self.start_tokens, self.device, self.epochs = seed, int(start_tokens), torch.device(device), epochs
+
+    def __iter__(self) -> Iterator[Tensor]:
+        from safetensors.torch import load_file
+
+        shard, n_shards = shard_index()
+        buffer = ShuffleBuffer(self.buffer_tokens, self.batch_tokens,
+                               torch.Generator().manual_seed(_seed(self.seed, "cache-buffer", shard, self.start_tokens)))
+        files = self.index["shards"]
+        skip = self.start_tokens
+        epoch = 0
+        while self.epochs is None or epoch < self.epochs:
+            g = torch.Generator().manual_seed(_seed(self.seed, "cache-order", epoch))
+            for fi in torch.randperm(len(files), generator=g).tolist():
+                n = files[fi]["n_tokens"]
+                gi = torch.Generator().manual_seed(_seed(self.seed, "cache-rows", epoch, fi))
+                rows = torch.randperm(n, generator=gi)[shard::n_shards]
+                if skip >= rows.numel():
+                    skip -= rows.numel()
+                    continue
+                rows, skip = rows[skip:], 0
+                acts = load_file(str(self.dir / files[fi]["file"]))["acts"]
+                yield from buffer.push(acts[rows].to(self.device))
+            epoch += 1
+        yield from buffer.flush()

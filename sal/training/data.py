@@ -1,0 +1,233 @@
+"""Streaming activations for crosscoder training.
+
+The subject model runs beside the crosscoder: documents are tokenized, run through
+:func:`sal.activations.residual_stream` under ``no_grad``, reduced to their valid tokens
+(no padding, no BOS/special tokens), and pushed into a :class:`ShuffleBuffer` that mixes
+tokens across documents and yields fixed-size batches ``[batch_tokens, L, D]``. Nothing
+touches the disk: 8-layer activations of a 7B model over the paper's corpus are terabytes.
+
+Sharding: documents are permuted once per epoch (same seed on every process) and dealt
+round-robin to ``world_size * num_workers`` shards, so DDP ranks and dataloader workers see
+disjoint documents. The stream is infinite (epochs repeat with fresh permutations); the
+Trainer's ``max_steps`` ends training. On resume, the stream skips the documents whose
+tokens earlier steps consumed (counted by tokenizing only, no forward pass).
+
+Optional activation cache (:mod:`sal.training.cache`): with ``activation_cache=<dir>``
+the activations are written once as safetensors shards keyed by (model, layers, corpus)
+and every job of a sparsity sweep reads them back instead of running the subject model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Callable, Iterator, Sequence
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+log = logging.getLogger(__name__)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's (rank, world size) under torch.distributed, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard_index() -> tuple[int, int]:
+    """(shard, n_shards) over DDP ranks x dataloader workers."""
+    rank, world = rank_and_world()
+    info = get_worker_info()
+    wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+    return rank * nw + wid, world * nw
+
+
+def _seed(*parts) -> int:
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class ShuffleBuffer:
+    """Token-level shuffle buffer of capacity ``capacity`` tokens.
+
+    Tokens are appended as they arrive (document after document). Whenever the buffer is
+    full, a random subset of ``capacity - keep`` tokens (``keep = min(capacity // 2,
+    capacity - batch_tokens)``) leaves as batches and the rest stays to mix with the next
+    documents, so every batch draws from many documents.
+    """
+
+    def __init__(self, capacity: int, batch_tokens: int, generator: torch.Generator) -> None:
+        if capacity < batch_tokens:
+            raise ValueError(f"shuffle buffer capacity {capacity} < batch_tokens {batch_tokens}: "
+                             f"raise optim.shuffle_buffer_tokens.")
+        self.capacity, self.batch_tokens, self.gen = int(capacity), int(batch_tokens), generator
+        self.keep = min(self.capacity // 2, self.capacity - self.batch_tokens)
+        self.storage_NLD: Tensor | None = None
+        self.n = 0
+
+    def push(self, acts_NLD: Tensor) -> Iterator[Tensor]:
+        if self.storage_NLD is None:
+            self.storage_NLD = acts_NLD.new_empty((self.capacity, *acts_NLD.shape[1:]))
+        pos = 0
+        while pos < acts_NLD.shape[0]:
+            take = min(self.capacity - self.n, acts_NLD.shape[0] - pos)
+            self.storage_NLD[self.n:self.n + take] = acts_NLD[pos:pos + take]
+            self.n += take
+            pos += take
+            if self.n == self.capacity:
+                yield from self._drain(self.keep)
+
+    def flush(self) -> Iterator[Tensor]:
+        """Emit what is left in full batches (the remainder under one batch is dropped)."""
+        if self.n >= self.batch_tokens:
+            yield from self._drain(self.n % self.batch_tokens)
+        self.n = 0
+
+    def _drain(self, keep: int) -> Iterator[Tensor]:
+        assert self.storage_NLD is not None
+        perm = torch.randperm(self.n, generator=self.gen).to(self.storage_NLD.device)
+        n_out = ((self.n - keep) // self.batch_tokens) * self.batch_tokens
+        out_NLD = self.storage_NLD[perm[:n_out]]
+        kept = perm[n_out:]
+        self.storage_NLD[: kept.numel()] = self.storage_NLD[kept]
+        self.n = kept.numel()
+        for i in range(0, n_out, self.batch_tokens):
+            yield out_NLD[i:i + self.batch_tokens]
+
+
+def _pad(rows: list[list[int]]) -> tuple[Tensor, Tensor]:
+    """Right-pad token lists (pad id 0; the attention mask marks real tokens)."""
+    width = max(1, max((len(r) for r in rows), default=1))
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+class ActivationStream(IterableDataset):
+    """Infinite stream of ``[batch_tokens, L, D]`` activation batches from documents.
+
+    Args:
+        model: subject causal LM (eval mode; its device is where activations are made).
+        tokenizer: HF tokenizer (``tokenizer(list[str], truncation=True, max_length=n)``).
+        texts: the documents (already formatted: question + response).
+        layers: residual-stream points (see :func:`sal.activations.residual_stream`).
+        batch_tokens, shuffle_buffer_tokens, max_tokens_per_instance, docs_per_forward:
+            see :class:`~sal.config.crosscoder.OptimConfig`.
+        seed: seeds document order and buffer shuffling.
+        start_tokens: tokens (per shard) already consumed by earlier steps; skipped.
+        epochs: stop after this many passes (None: infinite, the training default).
+        capture_fn / mask_fn: injectable ``residual_stream`` / ``valid_token_mask``.
+    """
+
+    def __init__(self, model, tokenizer, texts: Sequence[str], layers: Sequence[int], batch_tokens: int,
+                 shuffle_buffer_tokens: int, max_tokens_per_instance: int = 1024, docs_per_forward: int = 8,
+                 seed: int = 0, start_tokens: int = 0, epochs: int | None = None,
+                 special_ids: set[int] | None = None, capture_fn: Callable | None = None,
+                 mask_fn: Callable | None = None, progress: bool = False) -> None:
+        super().__init__()
+        from sal import activations
+
+        if len(texts) == 0:
+            raise ValueError("ActivationStream got no documents: the training corpus is empty.")
+        self.model, self.tokenizer, self.texts, self.layers = model, tokenizer, list(texts), list(layers)
+        self.batch_tokens, self.buffer_tokens = int(batch_tokens), int(shuffle_buffer_tokens)
+        self.max_tokens, self.docs_per_forward = int(max_tokens_per_instance), int(docs_per_forward)
+        self.seed, self.start_tokens, self.epochs = seed, int(start_tokens), epochs
+        self.special_ids = special_ids if special_ids is not None else activations.special_token_ids(tokenizer)
+        self.capture_fn = capture_fn or activations.residual_stream
+        self.mask_fn = mask_fn or activations.valid_token_mask
+        self.progress = progress
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _tokenize(self, docs: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+        enc = self.tokenizer(docs, truncation=True, max_length=self.max_tokens)
+        ids, attn = _pad([list(r) for r in enc["input_ids"]])
+        valid = self.mask_fn(ids, attn, self.special_ids)
+        return ids, attn, valid
+
+    def document_order(self, epoch: int, shard: int, n_shards: int) -> list[int]:
+        """This shard's document indices for ``epoch`` (a seeded permutation, dealt round-robin)."""
+        g = torch.Generator().manual_seed(_seed(self.seed, "docs", epoch))
+        return torch.randperm(len(self.texts), generator=g)[shard::n_shards].tolist()
+
+    def __iter__(self) -> Iterator[Tensor]:
+        shard, n_shards = shard_index()
+        if len(self.texts) < n_shards:
+            raise ValueError(f"{len(self.texts)} documents cannot feed {n_shards} ranks x workers: "
+                             f"add documents or use fewer devices/workers.")
+        buffer = ShuffleBuffer(self.buffer_tokens, self.batch_tokens,
+                               torch.Generator().manual_seed(_seed(self.seed, "buffer", shard, self.start_tokens)))
+        skip = self.start_tokens
+        epoch = 0
+        while self.epochs is None or epoch < self.epochs:
+            order = self.document_order(epoch, shard, n_shards)
+            for i in range(0, len(order), self.docs_per_forward):
+                docs = [self.texts[j] for j in order[i:i + self.docs_per_forward]]
+                ids, attn, valid = self._tokenize(docs)
+                n_valid = int(valid.sum())
+                if n_valid == 0:
+                    continue
+                if skip > 0:
+                    # Resuming: these documents' tokens were consumed before the kill.
+                    skip = max(0, skip - n_valid)
+                    continue
+                dev = self.device
+                acts_BTLD = self.capture_fn(self.model, ids.to(dev), attn.to(dev), self.layers)
+                yield from buffer.push(acts_BTLD[valid.to(dev)])
+            epoch += 1
+        yield from buffer.flush()
+
+
+class ActivationDataModule(L.LightningDataModule):
+    """Feeds the crosscoder: streams activations, or reads/writes an activation cache.
+
+    The subject model is moved to the Trainer's device when the dataloader is built, so
+    each DDP rank runs its own copy on its own GPU.
+    """
+
+    def __init__(self, model, tokenizer, texts: Sequence[str], layers: Sequence[int], optim, seed: int = 0,
+                 model_name: str = "", capture_fn: Callable | None = None, mask_fn: Callable | None = None) -> None:
+        super().__init__()
+        self.model, self.tokenizer, self.texts, self.layers = model, tokenizer, list(texts), list(layers)
+        self.optim, self.seed, self.model_name = optim, seed, model_name
+        self.capture_fn, self.mask_fn = capture_fn, mask_fn
+
+    def _start_tokens(self) -> int:
+        step = self.trainer.global_step if self.trainer is not None else 0
+        return step * self.optim.batch_tokens
+
+    def train_dataloader(self) -> DataLoader:
+        o = self.optim
+        if self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            if self.model is not None and next(self.model.parameters()).device != device:
+                self.model.to(device)
+        start = self._start_tokens()
+        if o.activation_cache:
+            from sal.training.cache import CachedActivationStream, ensure_activation_cache
+
+            cache_dir = ensure_activation_cache(o.activation_cache, self.model, self.tokenizer, self.texts,
+                                                self.layers, o, model_name=self.model_name,
+                                                capture_fn=self.capture_fn, mask_fn=self.mask_fn)
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            dataset = CachedActivationStream(cache_dir, o.batch_tokens, o.shuffle_buffer_tokens, seed=self.seed,
+                                             start_tokens=start, device=device)
+        else:
+            dataset = ActivationStream(self.model, self.tokenizer, self.texts, self.layers, o.batch_tokens,
+                                       o.shuffle_buffer_tokens, o.max_tokens_per_instance, o.docs_per_forward,
+                                       seed=self.seed, start_tokens=start, capture_fn=self.capture_fn,
+                                       mask_fn=self.mask_fn)
+        # batch_size=None: the dataset yields whole batches; workers stay 0 because the
+        # subject model (often on the GPU) lives in this process.
+        return DataLoader(dataset, batch_size=None, num_workers=0)

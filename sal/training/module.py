@@ -1,0 +1,211 @@
+"""LightningModule: the paper's crosscoder optimisation (Appendix C.1) and its metrics.
+
+Each training step takes a batch of raw residual-stream activations ``[tokens, L, D]``,
+normalises it (scales estimated on the very first batch, pooled over DDP ranks), and
+minimises ``mse + alpha(step) * sparsity`` (ReLU) or ``mse + aux_coef * aux`` (TopK) with
+AdamW, a constant LR with a linear cool-down over the last 20% of steps, and alpha ramped
+linearly from 0 over the first 20%.
+
+Logged every step (rank 0): ``train/loss, train/mse, train/sparsity, train/sparsity_coef,
+train/lr, train/nmse, train/fvu, train/fvu/layer_<i>, train/l0, train/l0/layer_<i>,
+train/dead_frac, train/tokens_per_s`` (+ ``train/aux`` for TopK). Here
+``nmse = sum ||x - x_hat||^2 / sum ||x||^2`` and
+``fvu = sum ||x - x_hat||^2 / sum ||x - mean_batch(x)||^2`` over the batch (normalised
+units, so every layer weighs equally), ``l0`` = active (feature, layer) pairs per token, and
+``dead_frac`` = fraction of the C features with no layer firing over the last
+``dead_window_tokens`` tokens (all ranks pooled).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from sal.config.crosscoder import CrosscoderConfig, OptimConfig
+from sal.crosscoder import Crosscoder, ScaleAccumulator, build_crosscoder
+from sal.training.schedules import lr_at, sparsity_coef_at
+
+
+def as_config(obj: Any, cls: type):
+    """A dataclass instance of ``cls`` from an instance, a dict or an OmegaConf node."""
+    if isinstance(obj, cls):
+        return obj
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(obj, DictConfig):
+            obj = OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    if isinstance(obj, dict):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(obj) - names
+        if unknown:
+            raise ValueError(f"Unknown {cls.__name__} fields {sorted(unknown)}; valid: {sorted(names)}.")
+        return cls(**obj)
+    raise TypeError(f"Expected a {cls.__name__}, a dict or a DictConfig, got {type(obj).__name__}.")
+
+
+def _dist_ready() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class CrosscoderModule(L.LightningModule):
+    """Trains a :class:`~sal.crosscoder.Crosscoder` on batches of raw activations."""
+
+    def __init__(self, crosscoder: CrosscoderConfig | dict, optim: OptimConfig | dict, n_layers: int,
+                 d_model: int) -> None:
+        super().__init__()
+        self.cc_cfg = as_config(crosscoder, CrosscoderConfig)
+        self.optim_cfg = as_config(optim, OptimConfig)
+        self.cc_cfg.validate()
+        self.optim_cfg.validate()
+        self.save_hyperparameters({"crosscoder": dataclasses.asdict(self.cc_cfg),
+                                   "optim": dataclasses.asdict(self.optim_cfg),
+                                   "n_layers": n_layers, "d_model": d_model})
+        self.crosscoder: Crosscoder = build_crosscoder(self.cc_cfg, n_layers, d_model, seed=self.cc_cfg.seed)
+        # Consecutive tokens (all ranks) since each (layer, feature) latent last fired.
+        self.register_buffer("tokens_since_fired", torch.zeros(n_layers, self.cc_cfg.n_features, dtype=torch.long))
+        self._t_last: float | None = None
+        self.first_metrics: dict[str, float] | None = None
+        self.recent_metrics: collections.deque = collections.deque(maxlen=20)
+
+    # ------------------------------------------------------------------ schedules
+    @property
+    def max_steps(self) -> int:
+        return self.optim_cfg.max_steps
+
+    def current_sparsity_coef(self) -> float:
+        if self.cc_cfg.arch == "topk":
+            return 0.0
+        return sparsity_coef_at(self.global_step, self.max_steps, self.cc_cfg.sparsity_coef,
+                                self.optim_cfg.sparsity_warmup_frac)
+
+    def configure_optimizers(self):
+        o = self.optim_cfg
+        kwargs = dict(lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        # The fused kernel (one pass over the parameters, CPU and CUDA) is the fastest AdamW.
+        try:
+            opt = torch.optim.AdamW(self.crosscoder.parameters(), fused=True, **kwargs)
+        except (RuntimeError, TypeError):
+            opt = torch.optim.AdamW(self.crosscoder.parameters(), **kwargs)
+        total, cooldown = self.max_steps, o.cooldown_frac
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, total, 1.0, cooldown))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    # ------------------------------------------------------------------ helpers
+    def dead_mask(self) -> Tensor:
+        """``[L, C]`` latents silent for at least ``dead_window_tokens`` tokens."""
+        return self.tokens_since_fired >= self.cc_cfg.dead_window_tokens
+
+    def _all_reduce(self, t: Tensor, op=None) -> Tensor:
+        if _dist_ready():
+            dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+        return t
+
+    @torch.no_grad()
+    def _fit_scales(self, acts_BLD: Tensor) -> None:
+        acc = ScaleAccumulator(acts_BLD.shape[1])
+        acc.update(acts_BLD)
+        pooled = torch.cat([acc.sq_norm_sum_L, torch.tensor([float(acc.n_tokens)], dtype=torch.float64)])
+        pooled = self._all_reduce(pooled.to(self.device)).cpu()
+        acc.sq_norm_sum_L, acc.n_tokens = pooled[:-1], int(pooled[-1].item())
+        self.crosscoder.set_activation_scales(acc.scales(acts_BLD.shape[2]))
+
+    # ------------------------------------------------------------------ training
+    def on_train_start(self) -> None:
+        self._t_last = time.perf_counter()
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        acts_BLD = batch[0] if isinstance(batch, (list, tuple)) else batch
+        n_tokens = acts_BLD.shape[0]
+        if self.cc_cfg.normalise and not bool(self.crosscoder.scales_fitted):
+            self._fit_scales(acts_BLD)
+        x_BLD = self.crosscoder.normalise(acts_BLD.float())
+        coef = self.current_sparsity_coef()
+        out = self.crosscoder.loss(x_BLD, coef, dead_mask_LC=self.dead_mask())
+        metrics = self._step_metrics(x_BLD, out, coef, n_tokens)
+        self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, logger=True)
+        self.log("fvu", metrics["train/fvu"], prog_bar=True, logger=False)
+        self.log("l0", metrics["train/l0"], prog_bar=True, logger=False)
+        if self.trainer.is_global_zero:
+            floats = {k: float(v) for k, v in metrics.items()}
+            floats["step"] = self.global_step
+            if self.first_metrics is None:
+                self.first_metrics = floats
+            self.recent_metrics.append(floats)
+        return out.total
+
+    @torch.no_grad()
+    def _step_metrics(self, x_BLD: Tensor, out, coef: float, n_tokens: int) -> dict[str, Tensor]:
+        world = self.trainer.world_size if self._trainer is not None else 1
+        feats_BLC = out.feats_BLC.detach()
+        # One pass over the features: active count per (layer, feature).
+        active_LC = torch.count_nonzero(feats_BLC, dim=0)
+        fired_LC = (active_LC > 0).to(torch.uint8)
+        fired_LC = self._all_reduce(fired_LC.int(), dist.ReduceOp.MAX if _dist_ready() else None).bool()
+        self.tokens_since_fired.add_(n_tokens * world).masked_fill_(fired_LC, 0)
+        window = self.cc_cfg.dead_window_tokens
+        dead_frac = (self.tokens_since_fired >= window).all(dim=0).float().mean()
+
+        x = x_BLD.float()
+        err_L = (x - out.recon_BLD.detach().float()).pow(2).sum(dim=(0, 2))
+        sq_L = x.pow(2).sum(dim=(0, 2))
+        var_L = (x - x.mean(dim=0, keepdim=True)).pow(2).sum(dim=(0, 2))
+        l0_L = active_LC.sum(dim=1).float() / n_tokens
+
+        now = time.perf_counter()
+        elapsed = now - (self._t_last or now)
+        self._t_last = now
+        tps = (n_tokens * world / elapsed) if elapsed > 0 else 0.0
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer is not None else self.optim_cfg.lr
+
+        m: dict[str, Tensor | float] = {
+            "train/loss": out.total.detach(),
+            "train/mse": out.mse.detach(),
+            "train/sparsity": out.sparsity.detach(),
+            "train/sparsity_coef": float(coef),
+            "train/lr": float(lr),
+            "train/nmse": err_L.sum() / sq_L.sum().clamp_min(1e-12),
+            "train/fvu": err_L.sum() / var_L.sum().clamp_min(1e-12),
+            "train/l0": l0_L.sum(),
+            "train/dead_frac": dead_frac,
+            "train/tokens_per_s": float(tps),
+        }
+        if self.cc_cfg.arch == "topk":
+            m["train/aux"] = out.aux.detach()
+        fvu_L = err_L / var_L.clamp_min(1e-12)
+        for i in range(x.shape[1]):
+            m[f"train/fvu/layer_{i}"] = fvu_L[i]
+            m[f"train/l0/layer_{i}"] = l0_L[i]
+        return {k: (v if isinstance(v, Tensor) else torch.tensor(v)) for k, v in m.items()}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The summary of a resumed run still reports the first step's fvu.
+        checkpoint["sal_metrics"] = {"first": self.first_metrics, "recent": list(self.recent_metrics)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("sal_metrics") or {}
+        self.first_metrics = saved.get("first")
+        self.recent_metrics.extend(saved.get("recent") or [])
+
+    def summary(self) -> dict[str, float]:
+        """Mean of the last (up to 20) steps' metrics, plus the first step's fvu/nmse."""
+        if not self.recent_metrics:
+            return {}
+        keys = ("train/nmse", "train/fvu", "train/l0", "train/dead_frac", "train/mse", "train/tokens_per_s")
+        out = {k.split("/", 1)[1]: sum(r[k] for r in self.recent_metrics) / len(self.recent_metrics) for k in keys}
+        out["last_step"] = self.recent_metrics[-1]["step"]
+        if self.first_metrics is not None:
+            out["first_step"] = self.first_metrics["step"]
+            out["first_fvu"] = self.first_metrics["train/fvu"]
+            out["first_nmse"] = self.first_metrics["train/nmse"]
+        return out

@@ -1,0 +1,207 @@
+"""``train_crosscoder``: one crosscoder training run in a run directory.
+
+Layout written under ``run_dir``::
+
+    checkpoints/last.ckpt     Lightning checkpoint (every N steps and at the end) for resume
+    csv/version_<n>/metrics.csv   every logged metric, one version per (re)start
+    wandb/                    W&B files (offline mode when WANDB_API_KEY is unset)
+    crosscoder/               the export: model.safetensors + config.json
+
+Resumption: a run killed at any point and started again with the same arguments continues
+from ``checkpoints/last.ckpt`` (weights, optimiser, LR schedule, step counter, dead-latent
+counters) and stops at ``optim.max_steps``. A run whose export is complete for the same
+training config is a no-op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from sal.config.crosscoder import CrosscoderConfig, OptimConfig
+from sal.config.trainer import TrainerConfig
+from sal.training.data import ActivationDataModule
+from sal.training.module import CrosscoderModule, as_config
+
+log = logging.getLogger(__name__)
+
+CKPT_DIR, EXPORT_DIR, LAST = "checkpoints", "crosscoder", "last.ckpt"
+
+
+class TrainResult(NamedTuple):
+    export_dir: Path
+    """``<run_dir>/crosscoder`` (written by global rank 0)."""
+    summary: dict
+    """Final metrics: nmse, fvu, l0, dead_frac (means of the last steps), first_fvu, ..."""
+    resumed_from_step: int | None
+    """Step of the checkpoint this process resumed from, None for a fresh start."""
+    global_step: int
+    """Optimiser steps done when training stopped."""
+
+
+def _d_model(model) -> int:
+    cfg = getattr(model, "config", None)
+    for name in ("hidden_size", "n_embd", "d_model"):
+        if cfg is not None and getattr(cfg, name, None):
+            return int(getattr(cfg, name))
+    raise ValueError("Cannot read d_model from the subject model's config (hidden_size / n_embd).")
+
+
+def run_name(model_name: str, layers: Sequence[int], cc: CrosscoderConfig) -> str:
+    """W&B run name from the model, the layers and the sparsity setting."""
+    sparsity = f"a{cc.sparsity_coef:g}" if cc.arch == "relu" else f"topk{cc.k}"
+    return f"{model_name or 'model'}-L{'.'.join(str(i) for i in layers)}-{sparsity}-C{cc.n_features}"
+
+
+def _checkpoint_step(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("global_step", 0))
+
+
+def _make_loggers(run_dir: Path, logger_cfg, name: str, config: dict) -> list:
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers = []
+    if logger_cfg is None or getattr(logger_cfg, "csv", True):
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv"))
+    mode = getattr(logger_cfg, "wandb_mode", "auto") if logger_cfg is not None else "auto"
+    if logger_cfg is not None and getattr(logger_cfg, "wandb", True) and mode != "disabled":
+        if mode == "auto":
+            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        try:
+            import wandb  # noqa: F401  (fails fast when the package is broken or absent)
+            from lightning.pytorch.loggers import WandbLogger
+
+            loggers.append(WandbLogger(project=getattr(logger_cfg, "wandb_project", "sal"),
+                                       entity=getattr(logger_cfg, "wandb_entity", None), name=name,
+                                       save_dir=str(run_dir), mode=mode, config=config))
+        except Exception as exc:  # W&B is optional: never lose a run because of it
+            log.warning("W&B logging disabled (%s: %s); metrics still go to CSV.", type(exc).__name__, exc)
+    return loggers
+
+
+def _export_is_complete(export_dir: Path, training: dict) -> dict | None:
+    cfg_path = export_dir / "config.json"
+    if not cfg_path.exists():
+        return None
+    import json
+
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("complete") and cfg.get("training") == training:
+        return cfg
+    return None
+
+
+def format_summary(summary: dict) -> str:
+    if not summary:
+        return "no training steps were run"
+    parts = [f"step {int(summary.get('last_step', -1)) + 1}",
+             f"nmse {summary['nmse']:.4f}", f"fvu {summary['fvu']:.4f}",
+             f"L0 {summary['l0']:.1f}", f"dead {100 * summary['dead_frac']:.2f}%"]
+    if "first_fvu" in summary:
+        parts.append(f"(fvu at step {int(summary['first_step'])}: {summary['first_fvu']:.4f})")
+    return ", ".join(parts)
+
+
+def train_crosscoder(
+    crosscoder: CrosscoderConfig | dict,
+    optim: OptimConfig | dict,
+    trainer: TrainerConfig | dict,
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    layers: Sequence[int],
+    run_dir: str | os.PathLike,
+    *,
+    logger=None,
+    model_name: str = "",
+    subject_model: dict | None = None,
+    resolved_config: dict | None = None,
+    callbacks: Sequence[Callback] = (),
+    capture_fn: Callable | None = None,
+    mask_fn: Callable | None = None,
+) -> TrainResult:
+    """Train a crosscoder on ``model``'s residual stream at ``layers`` over ``texts``.
+
+    Args:
+        crosscoder, optim, trainer: configs (dataclasses, dicts or DictConfigs).
+        model, tokenizer: the subject model (eval mode) and its tokenizer.
+        texts: training documents (question + the model's response, formatted).
+        layers: residual-stream points (index i = input of block i; n_layers = last output).
+        run_dir: where checkpoints, logs and the export go.
+        logger: a ``LoggerConfig`` (wandb, wandb_project, wandb_entity, wandb_mode, csv);
+            None = CSV only.
+        model_name: short model name (run name, cache key, config.json).
+        subject_model: provenance recorded in config.json (e.g. the model config as a dict).
+        resolved_config: the resolved Hydra config, attached to W&B and config.json.
+        callbacks: extra Lightning callbacks.
+        capture_fn, mask_fn: replacements for ``residual_stream`` / ``valid_token_mask``.
+    """
+    cc = as_config(crosscoder, CrosscoderConfig)
+    opt = as_config(optim, OptimConfig)
+    tcfg = as_config(trainer, TrainerConfig)
+    for c in (cc, opt, tcfg):
+        c.validate()
+    layers = [int(i) for i in layers]
+    run_dir = Path(run_dir)
+    ckpt_dir, export_dir = run_dir / CKPT_DIR, run_dir / EXPORT_DIR
+    training = {"crosscoder": dataclasses.asdict(cc), "optim": dataclasses.asdict(opt)}
+    training["optim"]["betas"] = list(training["optim"]["betas"])
+
+    done = _export_is_complete(export_dir, training)
+    if done is not None:
+        summary = done.get("final_metrics") or {}
+        print(f"Crosscoder already trained: {export_dir} ({format_summary(summary)})")
+        return TrainResult(export_dir, summary, None, int(done.get("global_step", opt.max_steps)))
+
+    if tcfg.accelerator in ("gpu", "cuda"):
+        torch.set_float32_matmul_precision(tcfg.matmul_precision)
+    L.seed_everything(cc.seed, workers=True, verbose=False)
+    d_model = _d_model(model)
+    module = CrosscoderModule(cc, opt, n_layers=len(layers), d_model=d_model)
+    datamodule = ActivationDataModule(model, tokenizer, texts, layers, opt, seed=cc.seed, model_name=model_name,
+                                      capture_fn=capture_fn, mask_fn=mask_fn)
+    ckpt_cb = ModelCheckpoint(dirpath=str(ckpt_dir), save_top_k=0, save_last=True,
+                              every_n_train_steps=opt.checkpoint_every_n_steps, enable_version_counter=False)
+    config = resolved_config or {"crosscoder": training["crosscoder"], "optim": training["optim"],
+                                 "trainer": dataclasses.asdict(tcfg), "layers": layers, "model": model_name}
+    pl_trainer = L.Trainer(
+        accelerator=tcfg.accelerator, devices=tcfg.devices, num_nodes=tcfg.num_nodes, strategy=tcfg.strategy,
+        precision=tcfg.precision, max_steps=opt.max_steps, max_epochs=-1, gradient_clip_val=opt.grad_clip,
+        log_every_n_steps=tcfg.log_every_n_steps, callbacks=[ckpt_cb, *callbacks],
+        logger=_make_loggers(run_dir, logger, run_name(model_name, layers, cc), config),
+        default_root_dir=str(run_dir), enable_progress_bar=tcfg.enable_progress_bar, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, deterministic=tcfg.deterministic,
+        use_distributed_sampler=False,
+    )
+    last = ckpt_dir / LAST
+    resumed_from = _checkpoint_step(last) if last.exists() else None
+    if resumed_from is not None and pl_trainer.is_global_zero:
+        print(f"Resuming from {last} (step {resumed_from} of {opt.max_steps})")
+    pl_trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+
+    # The periodic checkpoint may predate the final step: save it, so a rerun is a no-op.
+    if getattr(ckpt_cb, "_last_global_step_saved", -1) != pl_trainer.global_step:
+        pl_trainer.save_checkpoint(str(last), weights_only=False)
+    summary = module.summary()
+    if pl_trainer.is_global_zero:
+        extra: dict[str, Any] = {
+            "layers": layers,
+            "subject_model": subject_model or {"name": model_name},
+            "training": training,
+            "resolved_config": resolved_config,
+            "global_step": pl_trainer.global_step,
+            "complete": pl_trainer.global_step >= opt.max_steps,
+            "final_metrics": summary,
+            "activation_scales_note": "encode(normalise(x_raw)); denormalise(decode(h)) gives raw units",
+        }
+        module.crosscoder.save_pretrained(export_dir, extra, fold_scales=cc.fold_scales_on_export)
+        print(f"Crosscoder exported to {export_dir}")
+        print(f"Final (mean of last steps, normalised units): {format_summary(summary)}")
+    return TrainResult(export_dir, summary, resumed_from, pl_trainer.global_step)

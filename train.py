@@ -1,0 +1,22 @@
+"""Train the crosscoder on the subject model's residual stream (builds the corpus first).
+
+    python train.py [key=value ...]      (Hydra; add -m for sweeps, --cfg job to print)
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from sal.config.schema import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig):
+    from sal.pipeline.train import run
+
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()
