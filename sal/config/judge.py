@@ -96,8 +96,18 @@ class JudgeConfig:
     """hf_local: torch dtype name used when this config loads the model."""
 
     hf_max_new_tokens: int = 48
-    """hf_local: greedy-generation budget for an explanation or a rule's rationale (labels
-    themselves are chosen by log-likelihood, not generated)."""
+    """hf_local: greedy-generation budget for an explanation's text (labels are chosen by
+    log-likelihood, not generated; a rule's rationale records the label's scores)."""
+
+    hf_calibrate: bool = True
+    """hf_local: contextual calibration of rule categories and verification decisions
+    (Zhao et al., 2021, "Calibrate Before Use"). A small judge (e.g. SmolLM2-135M) has a
+    strong label prior: it prefers the same answer whatever the prompt says, so nearly
+    every rule gets one category and SAL (a divergence between per-category histograms)
+    is undefined. When on, each answer's log-likelihood is measured against its
+    log-likelihood under a content-free prompt (same template, slots "N/A") and the
+    label is the answer with the largest difference. False keeps the raw argmax of
+    log-likelihood. Part of the cache key: calibrated and raw labels never mix."""
 
     hf_threads: Optional[int] = None
     """hf_local: torch intra-op threads while the judge runs (restored afterwards); 1 is

@@ -88,6 +88,17 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="sal_schema", node=SALConfig)
 
 
+def resolve_auto_trainer(trainer: TrainerConfig) -> None:
+    """trainer=auto: one GPU in bf16 mixed precision when CUDA is there, else fp32 on CPU."""
+    import torch
+
+    gpu = torch.cuda.is_available() and trainer.accelerator in ("auto", "gpu", "cuda")
+    if trainer.accelerator == "auto":
+        trainer.accelerator = "gpu" if gpu else "cpu"
+    if trainer.precision == "auto":
+        trainer.precision = "bf16-mixed" if gpu else "32-true"
+
+
 def validate_config(cfg) -> SALConfig:
     """Typed, checked view of a composed config; raises ValueError naming the fix.
 
@@ -101,6 +112,7 @@ def validate_config(cfg) -> SALConfig:
         raise ValueError(f"sparsity={obj.sparsity} is negative: the sparsity coefficient must be >= 0 "
                          f"(the paper uses 5e-3, and 3e-3 for qwen2.5-14b).")
     validate_layers(obj.layers.indices, obj.model.n_layers)
+    resolve_auto_trainer(obj.trainer)
     for name in ("model", "crosscoder", "optim", "data", "judge", "interpret", "rules", "evaluate",
                  "analysis", "world", "trainer", "logger"):
         sub = getattr(obj, name)

@@ -3,12 +3,20 @@
 A small model cannot be trusted to follow the output format, so the format is not left to
 it: the answer's fixed scaffolding is forced and only the free parts are chosen by the
 model.
-- The label is the allowed answer string with the highest summed log-likelihood after
-  the prompt and the forced prefix: `Final Decision: [[` + Yes/Probably/Maybe/No + `]]`,
-  `<judgement> {"Category": "` + Strict/Plausible/No + `"`, `<summary> ` + Exact pattern:/
-  Semantic:/Cannot Tell.
-- The free text (a rule's Relation/Intuition, a summary's body) is generated greedily,
-  at most `hf_max_new_tokens` tokens.
+- The label is chosen among the allowed answer strings by their summed log-likelihood
+  after the prompt and the forced prefix: `Final Decision: [[` + Yes/Probably/Maybe/No +
+  `]]`, `<judgement> {"Category": "` + Strict/Plausible/No + `"`, `<summary> ` + Exact
+  pattern:/Semantic:/Cannot Tell.
+- Rules and verifications are contextually calibrated (Zhao et al., 2021, "Calibrate
+  Before Use") unless `hf_calibrate` is off: a small judge puts most of its mass on one
+  answer whatever the prompt says (a label prior), so every rule would get the same
+  category. The prior is measured once per prompt template on a content-free prompt (every
+  slot filled with "N/A") and the label is argmax_a [loglik(a | prompt) - loglik(a |
+  content-free prompt)]. This is Zhao et al.'s diagonal correction W = diag(p_cf)^-1: the
+  normalisers over the answers are common to all answers and drop out of the argmax.
+- A rule's Relation/Intuition is no free-text rationale (the label is not generated):
+  it states how the label was chosen and the per-answer scores behind it.
+- A summary's body is generated greedily, at most `hf_max_new_tokens` tokens.
 The synthesised answer then goes through the same parser and cache as a remote judge's.
 The prompt is encoded once; every choice and the generation reuse its KV cache.
 """
@@ -19,16 +27,55 @@ import copy
 import hashlib
 import json
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from sal.config.judge import JudgeConfig
 from sal.judge.base import Completion, PromptJudge
 from sal.judge.parse import CATEGORIES, DECISIONS
+from sal.judge.prompts import rule_prompt, verify_prompt
 from sal.judge.types import EXPLAIN, RULE, VERIFY, JudgeItem
 
 Loader = Callable[[], tuple[Any, Any]]
 
 SUMMARY_KINDS_TEXT = ("Exact pattern:", "Semantic:", "Cannot Tell")
+
+CONTENT_FREE = "N/A"
+"""Slot filler of the content-free prompts used for calibration (Zhao et al. use "N/A")."""
+
+VERIFY_PREFIX = "Final Decision: [["
+RULE_PREFIX = '<judgement> {"Category": "'
+
+
+class Label(NamedTuple):
+    """A label chosen by log-likelihood, with the evidence for it."""
+
+    index: int
+    """Index of the chosen answer."""
+    scores: tuple[float, ...]
+    """Per answer: summed log-likelihood, minus the content-free one when calibrated."""
+    calibrated: bool
+
+
+def content_free_prompt(item: JudgeItem) -> str:
+    """The item's prompt template with every slot filled with "N/A" (same number of
+    premises, same number of spans), the input of Zhao et al.'s calibration."""
+    if item.task == RULE:
+        # Items built by rule_item carry their premises; a bare item is read off its prompt.
+        n_premise = len(item.premises) or (2 if "**Second Premise (P2)**" in item.prompt else 1)
+        return rule_prompt([CONTENT_FREE] * n_premise, CONTENT_FREE)
+    if item.task == VERIFY:
+        n_span = len(item.spans) or max(1, item.prompt.count("\nSpan "))
+        return verify_prompt(CONTENT_FREE, [CONTENT_FREE] * n_span)
+    raise ValueError(f"no content-free prompt for judge task {item.task!r} (only rule and verify are calibrated)")
+
+
+def scores_text(names: Sequence[str], label: Label) -> str:
+    """The truthful "rationale" of a log-likelihood label: how it was chosen, and the scores."""
+    if label.calibrated:
+        head = "log-likelihood label (calibrated); margins over the content-free prompt"
+    else:
+        head = "log-likelihood label (uncalibrated); log-likelihoods"
+    return head + ": " + ", ".join(f"{n}={v:+.2f}" for n, v in zip(names, label.scores))
 
 
 def load_from_config(config: JudgeConfig) -> tuple[Any, Any]:
@@ -83,6 +130,9 @@ class HFLocalJudge(PromptJudge):
         self._explicit_id = model_id
         self._lock = threading.Lock()
         self._id: Optional[str] = None
+        self._priors: dict[tuple, tuple[float, ...]] = {}
+        """Content-free log-likelihoods per (content-free prompt, prefix, answers): one
+        forward pass per prompt template for the judge's lifetime."""
         super().__init__(config, cache_root)
 
     # -- identity ------------------------------------------------------------------------
@@ -103,7 +153,9 @@ class HFLocalJudge(PromptJudge):
     def cache_params(self) -> dict:
         c = self.config
         return {
-            "method": "loglik-label+greedy-text",
+            "method": "loglik-label+scores-rationale+greedy-summary",
+            # Calibrated and uncalibrated labels differ: they must never share a cache record.
+            "calibration": f"content-free:{CONTENT_FREE}" if c.hf_calibrate else "none",
             "max_new_tokens": c.hf_max_new_tokens,
             "chat_template": c.hf_use_chat_template,
         }
@@ -145,6 +197,32 @@ class HFLocalJudge(PromptJudge):
                 best = (score, i, branch, logprobs[-1])
         return best[1], best[2], best[3]
 
+    def _choice_logliks(self, prompt: str, prefix: str, choices: Sequence[str]) -> list[float]:
+        """Summed log-likelihood of each choice after the prompt and the forced prefix."""
+        logprobs, cache = self._forward(self._context_ids(prompt) + self._encode(prefix), None)
+        last = logprobs[-1]
+        scores = []
+        for choice in choices:
+            ids = self._encode(choice)
+            branch = copy.deepcopy(cache)
+            logprobs, _ = self._forward(ids, branch)
+            scores.append(float(last[ids[0]]) + sum(float(logprobs[j, ids[j + 1]]) for j in range(len(ids) - 1)))
+        return scores
+
+    def _label(self, item: JudgeItem, prefix: str, choices: Sequence[str]) -> Label:
+        """Argmax over the choices, calibrated against the content-free prompt when
+        `hf_calibrate` is on (see the module docstring)."""
+        scores = self._choice_logliks(item.prompt, prefix, choices)
+        calibrate = self.config.hf_calibrate
+        if calibrate:
+            free = content_free_prompt(item)
+            key = (free, prefix, tuple(choices))
+            if key not in self._priors:
+                self._priors[key] = tuple(self._choice_logliks(free, prefix, choices))
+            scores = [s - p for s, p in zip(scores, self._priors[key])]
+        best = max(range(len(choices)), key=scores.__getitem__)  # first on ties
+        return Label(best, tuple(scores), calibrate)
+
     def _greedy(self, logprobs_last, cache, stop: tuple[str, ...]) -> tuple[str, int]:
         """Greedy continuation until a stop string, EOS or the token budget."""
         eos = self._tokenizer.eos_token_id
@@ -181,19 +259,13 @@ class HFLocalJudge(PromptJudge):
         self._ensure_loaded()
         ctx = self._context_ids(item.prompt)
         if item.task == VERIFY:
-            prefix = "Final Decision: [["
-            logprobs, cache = self._forward(ctx + self._encode(prefix), None)
-            i, _, _ = self._choose(logprobs[-1], cache, [d + "]]" for d in DECISIONS])
-            return Completion(f"{prefix}{DECISIONS[i]}]]", len(ctx), 1)
+            label = self._label(item, VERIFY_PREFIX, [d + "]]" for d in DECISIONS])
+            extra = {"label_scores": scores_text(DECISIONS, label)}
+            return Completion(f"{VERIFY_PREFIX}{DECISIONS[label.index]}]]", len(ctx), 1, extra)
         if item.task == RULE:
-            prefix = '<judgement> {"Category": "'
-            logprobs, cache = self._forward(ctx + self._encode(prefix), None)
-            i, cache, last = self._choose(logprobs[-1], cache, [c + '"' for c in CATEGORIES])
-            bridge = ', "Relation/Intuition": "'
-            logprobs, cache = self._forward(self._encode(bridge), cache)
-            rationale, n = self._greedy(logprobs[-1], cache, stop=('"', "\n", "</judgement>"))
-            answer = {"Category": CATEGORIES[i], "Relation/Intuition": rationale}
-            return Completion(f"<judgement> {json.dumps(answer, ensure_ascii=False)} </judgement>", len(ctx), n + 1)
+            label = self._label(item, RULE_PREFIX, [c + '"' for c in CATEGORIES])
+            answer = {"Category": CATEGORIES[label.index], "Relation/Intuition": scores_text(CATEGORIES, label)}
+            return Completion(f"<judgement> {json.dumps(answer, ensure_ascii=False)} </judgement>", len(ctx), 1)
         if item.task == EXPLAIN:
             prefix = "<summary> "
             logprobs, cache = self._forward(ctx + self._encode(prefix), None)

@@ -19,19 +19,8 @@ from sal.config.schema import SALConfig, validate_config
 log = logging.getLogger("sal")
 
 
-def resolve_auto_trainer(cfg: DictConfig) -> None:
-    """trainer=auto: one GPU in bf16 mixed precision when CUDA is there, else fp32 on CPU."""
-    if cfg.trainer.precision == "auto" or cfg.trainer.accelerator == "auto":
-        gpu = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
-        if cfg.trainer.accelerator == "auto":
-            cfg.trainer.accelerator = "gpu" if gpu else "cpu"
-        if cfg.trainer.precision == "auto":
-            cfg.trainer.precision = "bf16-mixed" if gpu else "32-true"
-
-
 def setup(cfg: DictConfig) -> Tuple[SALConfig, Path]:
     """Validate the config (before anything heavy), seed, and return (typed config, run dir)."""
-    resolve_auto_trainer(cfg)
     typed = validate_config(cfg)
     run_dir = Path(typed.run_dir) if typed.run_dir else Path(_hydra_output_dir())
     run_dir.mkdir(parents=True, exist_ok=True)

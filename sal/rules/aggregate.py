@@ -57,8 +57,14 @@ def _counts_C(feats_TLC: Any, tau: float, mode: str) -> Any:
         return (feats_TLC[-1] > tau).sum(0)
     if mode == "any_token":
         return (feats_TLC > tau).any(0).sum(0)
-    # algorithm1: sum over layers -> [T, C], threshold, count tokens
-    return (feats_TLC.sum(1) > tau).sum(0)
+    # algorithm1: sum over layers -> [T, C] (in at least float32), threshold, count tokens
+    if _is_torch(feats_TLC):
+        import torch
+
+        summed = feats_TLC.sum(1, dtype=torch.promote_types(feats_TLC.dtype, torch.float32))
+    else:
+        summed = feats_TLC.sum(1, dtype=np.result_type(feats_TLC.dtype, np.float32))
+    return (summed > tau).sum(0)
 
 
 def aggregate_sample(feats_TLC: Any, tau: float = 0.0, mode: str = "last_token") -> SparseLayerCounts:

@@ -23,8 +23,8 @@ products are in ``sal.rules.engine``; chunk partial sums go through ``KeyCountAc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from sal.rules._csr import as_layer_count_csr, row_ids
 from sal.rules.accumulate import KeyCountAccumulator, KeySegment, Segment, merge_runs
 from sal.rules.engine import conclusion_rows, frequent_pair_occurrences, premise_matrix, product_segments
-from sal.rules.table import RULE_COLUMNS, build_rules_table, check_filters, run_lengths
+from sal.rules.table import RULE_COLUMNS, build_rules_table, check_filters, empty_column, run_lengths
 
 __all__ = [
     "RULE_COLUMNS",
@@ -180,7 +180,7 @@ def _rule_counts_from_segments(
 
     def columns(segments: list[Segment], two_premises: bool):
         n = sum(len(s) for s in segments)
-        out = [np.empty(n, np.int32) for _ in range(4 if two_premises else 3)]
+        out = [empty_column(n, np.int32) for _ in range(4 if two_premises else 3)]
         at = 0
         while segments:
             seg = segments.pop(0)
@@ -248,9 +248,10 @@ class _SegmentSource:
 
 def _merge_runs_of(values: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Run-length encoding of ``np.repeat(values, lengths)`` for sorted ``values``, without expanding."""
-    run_values, _ = run_lengths(values)
-    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]]) if len(values) else np.zeros(0, np.int64)
-    return run_values, np.add.reduceat(lengths, starts) if len(starts) else lengths[:0]
+    if len(values) == 0:
+        return values[:0], lengths[:0]
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    return values[starts], np.add.reduceat(lengths, starts)
 
 
 class _ArraySource:
@@ -312,7 +313,8 @@ def count_premises(
     n_samples, c = mat.shape
     acc = KeyCountAccumulator(c, int(memory_budget_gb * 2**30), spill_dir)
     if max_premises == 2:
-        for a, b in tqdm(_chunks(n_samples, chunk_samples), desc="premise pairs", disable=not progress):
+        chunks = _chunks(n_samples, chunk_samples)
+        for a, b in tqdm(chunks, desc="premise pairs: sample chunks", disable=not progress or len(chunks) < 2):
             chunk = mat[a:b]
             ones = sp.csr_matrix((np.ones(chunk.nnz, np.int32), chunk.indices, chunk.indptr), shape=chunk.shape)
             co = (ones.T.tocsr() @ ones).T.tocsr()  # [C, C] co-occurrences; transposition sorts
@@ -362,7 +364,8 @@ def _conclusion_segments(
     frequent_keys = premises.pair_keys()[frequent_pair]  # ascending
     acc1 = KeyCountAccumulator(c, budget // 2, spill_dir)
     acc2 = KeyCountAccumulator(c, budget // 2, spill_dir)  # rows: frequent-pair index
-    for a, b in tqdm(_chunks(n_samples, chunk_samples), desc="rule counts", disable=not progress):
+    chunks = _chunks(n_samples, chunk_samples)
+    for a, b in tqdm(chunks, desc="rule counts: sample chunks", disable=not progress or len(chunks) < 2):
         chunk = mat[a:b]
         if chunk.nnz == 0:
             continue
@@ -372,13 +375,13 @@ def _conclusion_segments(
         # members) and above the sample's minimum (else nothing lies below it).
         sel = np.flatnonzero(frequent_single[chunk.indices] & (concl.rank_of_entry >= 1))
         kt1 = premise_matrix(c, chunk.indices[sel], concl.e_row_of_entry[sel], n_e_rows)
-        acc1.add_run(list(product_segments(kt1, concl, work_per_block)))
+        acc1.add_run(list(product_segments(kt1, concl, work_per_block, "one-premise rules" if progress else None)))
         del kt1
         if max_premises == 2 and len(frequent_keys):
             pid, e_rows = frequent_pair_occurrences(chunk, concl, sel, frequent_keys)
             kt2 = premise_matrix(len(frequent_keys), pid, e_rows, n_e_rows)
             del pid, e_rows
-            acc2.add_run(list(product_segments(kt2, concl, work_per_block)))
+            acc2.add_run(list(product_segments(kt2, concl, work_per_block, "two-premise rules" if progress else None)))
             del kt2
     return acc1.result_segments(), acc2.result_segments(), frequent_pair
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from tqdm.auto import tqdm
 
 from sal.rules._csr import dense_value_ranks, row_ids, within_row_pairs
 from sal.rules.accumulate import CsrSegment
@@ -100,9 +101,12 @@ def frequent_pair_occurrences(
 MAX_ROWS_PER_BLOCK = 1 << 16
 
 
-def product_segments(kt: sp.csr_matrix, concl: ConclusionRows, work_per_block: int) -> Iterator[CsrSegment]:
+def product_segments(
+    kt: sp.csr_matrix, concl: ConclusionRows, work_per_block: int, progress: str | None = None
+) -> Iterator[CsrSegment]:
     """K^T @ E over blocks of premise rows; a block's work (an upper bound of its output size)
-    stays near ``work_per_block`` and its rows below ``MAX_ROWS_PER_BLOCK``."""
+    stays near ``work_per_block`` and its rows below ``MAX_ROWS_PER_BLOCK``. ``progress``:
+    a tqdm description to show a bar over the blocks (None: no bar)."""
     n_rows = kt.shape[0]
     work = np.bincount(
         np.repeat(np.arange(n_rows), np.diff(kt.indptr)), weights=concl.e_len[kt.indices], minlength=n_rows
@@ -114,7 +118,8 @@ def product_segments(kt: sp.csr_matrix, concl: ConclusionRows, work_per_block: i
     n_blocks = max(1, math.ceil(total / work_per_block))
     cuts = np.searchsorted(cum, np.arange(1, n_blocks) * (total / n_blocks), side="left")
     bounds = np.unique(np.r_[0, cuts, np.arange(MAX_ROWS_PER_BLOCK, n_rows, MAX_ROWS_PER_BLOCK), n_rows])
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    blocks = zip(bounds[:-1], bounds[1:])
+    for a, b in tqdm(blocks, total=len(bounds) - 1, desc=progress, disable=progress is None, leave=False):
         if cum[b - 1] == (cum[a - 1] if a else 0.0):
             continue
         k_block = kt[a:b].T.tocsr()  # [R, b]

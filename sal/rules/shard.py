@@ -23,7 +23,7 @@ import datetime
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -166,12 +166,12 @@ def count_shard_premises(
     return path
 
 
-def merge_premise_shards(paths: list[str]) -> tuple[PremiseCounts, list[str]]:
-    """Global count(P) from all phase-1 files, plus their fingerprints (in rank order)."""
+def merge_premise_shards(paths: list[str]) -> PremiseCounts:
+    """Global count(P) from all ranks' phase-1 files."""
     loaded = [_load(p) for p in paths]
     _check_complete([m for m, _ in loaded], paths)
     loaded.sort(key=lambda x: x[0]["rank"])
-    return PremiseCounts.merge([_premises_from(a) for _, a in loaded]), [m["fingerprint"] for m, _ in loaded]
+    return PremiseCounts.merge([_premises_from(a) for _, a in loaded])
 
 
 def count_shard_rules(
@@ -217,7 +217,7 @@ def count_shard_rules(
     old = _read_meta(path)
     if old is not None and old.get("fingerprint") == meta["fingerprint"]:
         return path
-    global_premises, _ = merge_premise_shards(premise_paths)
+    global_premises = merge_premise_shards(premise_paths)
     rules = count_conclusions(
         mat, global_premises, max_premises=max_premises, min_premise_count=min_premise_count,
         chunk_samples=chunk_samples, memory_budget_gb=memory_budget_gb,

@@ -12,6 +12,7 @@ right before the two-premise rules whose first premise is p.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -32,6 +33,25 @@ class TwoPremiseSource(Protocol):
 
     def slices(self) -> Iterator[TwoPremiseSlice]:
         """The kept rules, slice by slice (may release memory as it goes)."""
+
+
+# Columns at least this large are mapped directly from the kernel (see ``empty_column``).
+_MMAP_MIN_BYTES = 1 << 22
+
+
+def empty_column(n: int, dtype) -> np.ndarray:
+    """Uninitialised array for a big output column, written once front to back.
+
+    numpy advises the kernel to back large arrays with transparent huge pages; where the
+    kernel then compacts memory on the first write (THP defrag=madvise, common on VMs) that
+    costs up to several times the fill itself. A private anonymous mapping gets ordinary
+    pages without that advice; the array keeps the mapping alive and behaves as usual.
+    """
+    dtype = np.dtype(dtype)
+    if n * dtype.itemsize < _MMAP_MIN_BYTES:
+        return np.empty(n, dtype)
+    buffer = mmap.mmap(-1, n * dtype.itemsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(buffer, dtype=dtype, count=n)
 
 
 def check_filters(beta: float, min_premise_count: int, min_rule_count: int) -> None:
@@ -72,14 +92,7 @@ def build_rules_table(
 
     two_per_p1 = np.asarray(two.kept_per_p1(n_features), dtype=np.int64)
     total = len(p_one) + int(two_per_p1.sum())
-    cols = {
-        "p1": np.empty(total, np.int32),
-        "p2": np.empty(total, np.int32),
-        "q": np.empty(total, np.int32),
-        "n_premise": np.empty(total, np.int32),
-        "n_rule": np.empty(total, np.int32),
-        "prob": np.empty(total, np.float64),
-    }
+    cols = {name: empty_column(total, np.float64 if name == "prob" else np.int32) for name in RULE_COLUMNS}
 
     # One-premise rules of p go after every two-premise rule with p1 < p (a small scatter) ...
     pos_one = np.arange(len(p_one)) + np.r_[0, np.cumsum(two_per_p1)][p_one]

@@ -125,13 +125,15 @@ class ActivationStream(IterableDataset):
         start_tokens: tokens (per shard) already consumed by earlier steps; skipped.
         epochs: stop after this many passes (None: infinite, the training default).
         capture_fn / mask_fn: injectable ``residual_stream`` / ``valid_token_mask``.
+        sort_window: documents of this many forward batches are tokenized together and
+            run in order of length, to cut padding (1 keeps the permuted order).
     """
 
     def __init__(self, model, tokenizer, texts: Sequence[str], layers: Sequence[int], batch_tokens: int,
                  shuffle_buffer_tokens: int, max_tokens_per_instance: int = 1024, docs_per_forward: int = 8,
                  seed: int = 0, start_tokens: int = 0, epochs: int | None = None,
                  special_ids: set[int] | None = None, capture_fn: Callable | None = None,
-                 mask_fn: Callable | None = None, progress: bool = False) -> None:
+                 mask_fn: Callable | None = None, sort_window: int = 8) -> None:
         super().__init__()
         from sal import activations
 
@@ -144,7 +146,7 @@ class ActivationStream(IterableDataset):
         self.special_ids = special_ids if special_ids is not None else activations.special_token_ids(tokenizer)
         self.capture_fn = capture_fn or activations.residual_stream
         self.mask_fn = mask_fn or activations.valid_token_mask
-        self.progress = progress
+        self.sort_window = max(1, int(sort_window))
 
     @property
     def device(self) -> torch.device:
@@ -170,21 +172,28 @@ class ActivationStream(IterableDataset):
                                torch.Generator().manual_seed(_seed(self.seed, "buffer", shard, self.start_tokens)))
         skip = self.start_tokens
         epoch = 0
+        window = self.docs_per_forward * self.sort_window
         while self.epochs is None or epoch < self.epochs:
             order = self.document_order(epoch, shard, n_shards)
-            for i in range(0, len(order), self.docs_per_forward):
-                docs = [self.texts[j] for j in order[i:i + self.docs_per_forward]]
-                ids, attn, valid = self._tokenize(docs)
-                n_valid = int(valid.sum())
-                if n_valid == 0:
-                    continue
-                if skip > 0:
-                    # Resuming: these documents' tokens were consumed before the kill.
-                    skip = max(0, skip - n_valid)
-                    continue
-                dev = self.device
-                acts_BTLD = self.capture_fn(self.model, ids.to(dev), attn.to(dev), self.layers)
-                yield from buffer.push(acts_BTLD[valid.to(dev)])
+            for w in range(0, len(order), window):
+                ids, attn, valid = self._tokenize([self.texts[j] for j in order[w:w + window]])
+                # Forward documents of similar length together: less padding, same tokens
+                # (the shuffle buffer undoes any order this introduces).
+                by_len = torch.argsort(attn.sum(dim=1), descending=True, stable=True)
+                for i in range(0, by_len.numel(), self.docs_per_forward):
+                    rows = by_len[i:i + self.docs_per_forward]
+                    n_valid = int(valid[rows].sum())
+                    if n_valid == 0:
+                        continue
+                    if skip > 0:
+                        # Resuming: these documents' tokens were consumed before the kill.
+                        skip = max(0, skip - n_valid)
+                        continue
+                    width = int(attn[rows].sum(dim=1).max())
+                    b_ids, b_attn, b_valid = ids[rows, :width], attn[rows, :width], valid[rows, :width]
+                    dev = self.device
+                    acts_BTLD = self.capture_fn(self.model, b_ids.to(dev), b_attn.to(dev), self.layers)
+                    yield from buffer.push(acts_BTLD[b_valid.to(dev)])
             epoch += 1
         yield from buffer.flush()
 

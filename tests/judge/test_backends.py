@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from sal.judge import (
     verify_item,
 )
 from sal.judge.lexical import decision_for_share
+from sal.judge.prompts import rule_prompt, verify_prompt
 
 
 def span(*tokens: str, act: float = 1.0) -> Span:
@@ -109,8 +111,8 @@ def test_replay_rejects_conflicting_rows(tmp_path):
 
 
 # -- hf_local --------------------------------------------------------------------------
-def brute_force_choice(model, tokenizer, prompt: str, prefix: str, choices: list[str]) -> int:
-    """Argmax of summed log-likelihood, recomputed with full forwards (no KV cache)."""
+def brute_force_scores(model, tokenizer, prompt: str, prefix: str, choices: list[str]) -> list[float]:
+    """Summed log-likelihood of each choice, recomputed with full forwards (no KV cache)."""
     text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
     ctx = tokenizer(text, add_special_tokens=False)["input_ids"] + tokenizer(prefix, add_special_tokens=False)["input_ids"]
     scores = []
@@ -119,27 +121,48 @@ def brute_force_choice(model, tokenizer, prompt: str, prefix: str, choices: list
         with torch.no_grad():
             logp = model(torch.tensor([ctx + ids])).logits[0].log_softmax(-1)
         scores.append(sum(float(logp[len(ctx) - 1 + j, t]) for j, t in enumerate(ids)))
+    return scores
+
+
+def brute_force_choice(model, tokenizer, prompt: str, prefix: str, choices: list[str],
+                       content_free: Optional[str] = None) -> int:
+    """Argmax of the summed log-likelihood; minus that under `content_free` when given."""
+    scores = brute_force_scores(model, tokenizer, prompt, prefix, choices)
+    if content_free is not None:
+        prior = brute_force_scores(model, tokenizer, content_free, prefix, choices)
+        scores = [s - p for s, p in zip(scores, prior)]
     return max(range(len(choices)), key=scores.__getitem__)
 
 
-def test_hf_local_labels_by_loglik_and_caches(tmp_path, tiny_lm, char_tokenizer):
-    cfg = JudgeConfig(backend="hf_local", cache_dir=str(tmp_path / "cache"), hf_max_new_tokens=6)
+@pytest.mark.parametrize("calibrate", [True, False])
+def test_hf_local_labels_by_loglik_and_caches(tmp_path, tiny_lm, char_tokenizer, calibrate):
+    cfg = JudgeConfig(backend="hf_local", cache_dir=str(tmp_path / "cache"), hf_max_new_tokens=6,
+                      hf_calibrate=calibrate)
     judge = make_judge(cfg, model=tiny_lm, tokenizer=char_tokenizer)
     spans = [span("x = ", "3"), span("y = ", "4")]
     items = [rule_item(i, -1, i + 1, [f"premise number {i}"], f"conclusion {i}") for i in range(3)]
     items += [verify_item(1, 'Exact pattern: "="', spans), explain_item(1, spans)]
     results = judge.judge(items, progress=False)
+    # The content-free prompts, written out independently of the judge: slots "N/A".
+    free_rule = rule_prompt(["N/A"], "N/A") if calibrate else None
+    free_verify = verify_prompt("N/A", ["N/A", "N/A"]) if calibrate else None
     for item, res in zip(items[:3], results[:3]):
         assert res.status == OK
         want = brute_force_choice(tiny_lm, char_tokenizer, item.prompt, '<judgement> {"Category": "',
-                                  [c + '"' for c in CATEGORIES])
+                                  [c + '"' for c in CATEGORIES], free_rule)
         assert res.label == CATEGORIES[want]
-        assert len(res.text) <= 6  # rationale generated within the token budget (chars here)
-    want = brute_force_choice(tiny_lm, char_tokenizer, items[3].prompt, "Final Decision: [[", [d + "]]" for d in DECISIONS])
+        # The rationale states how the label was made, not generated text.
+        assert res.text.startswith("log-likelihood label (calibrated)" if calibrate
+                                   else "log-likelihood label (uncalibrated)")
+        assert all(f"{c}=" in res.text for c in CATEGORIES)
+    want = brute_force_choice(tiny_lm, char_tokenizer, items[3].prompt, "Final Decision: [[",
+                              [d + "]]" for d in DECISIONS], free_verify)
     assert results[3].label == DECISIONS[want]
     assert results[4].status in (OK, UNPARSEABLE)  # a random model may generate nothing usable
     if results[4].status == OK:
         assert results[4].label in ("exact", "semantic", "cannot_tell")
+        if results[4].label != "cannot_tell":  # body (after "Exact pattern:"/"Semantic:") within the budget
+            assert len(results[4].text.split(":", 1)[1].strip()) <= 6
     assert judge.report.n_requests == 5
 
     # Same model (same weights) and inputs: everything from the cache, no forward pass.

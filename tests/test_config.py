@@ -1,0 +1,92 @@
+"""The typed configs: composition, resolution without network, and early, clear failures."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from sal.config.schema import register_configs, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+register_configs()
+
+
+def _compose(app="train", overrides=()):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name=app, overrides=list(overrides))
+
+
+@pytest.mark.parametrize("app", ["train", "extract_rules", "evaluate"])
+def test_every_entrypoint_composes_and_validates_on_the_offline_default(app):
+    cfg = _compose(app)
+    typed = validate_config(cfg)
+    assert typed.model.name == "smollm2-135m" and typed.model.source == "gguf"
+    assert typed.layers.indices == [0, 4, 9, 13, 17, 21, 26, 30]
+
+
+def test_qwen7b_resolves_the_papers_layers_and_preset_without_network():
+    cfg = _compose("train", ["model=qwen2.5-7b"])
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["layers"]["indices"] == [0, 4, 8, 12, 16, 20, 24, 28]
+    assert resolved["optim"]["max_steps"] == 5000 and resolved["optim"]["batch_instances"] == 128
+    assert resolved["crosscoder"]["n_features"] == 2 ** 15
+
+
+def test_sparsity_defaults_per_model_and_top_level_override_reaches_the_crosscoder():
+    assert _compose("train", ["model=qwen2.5-14b"]).crosscoder.sparsity_coef == 3e-3
+    assert _compose("train", ["model=qwen2.5-7b"]).crosscoder.sparsity_coef == 5e-3
+    assert _compose("train", ["model=qwen2.5-7b", "sparsity=1e-3"]).crosscoder.sparsity_coef == 1e-3
+
+
+def test_experiment_override_beats_the_model_preset():
+    assert _compose("train", ["model=qwen2.5-7b", "experiment=demo"]).optim.max_steps == 300
+    assert _compose("train", []).optim.max_steps == 300  # the offline model picks demo itself
+
+
+def test_custom_layers():
+    cfg = _compose("train", ["model=qwen2.5-7b", "layers=custom", "layers.indices=[0,7,14,21,28]"])
+    assert validate_config(cfg).layers.indices == [0, 7, 14, 21, 28]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["layers=custom", "layers.indices=[0,10,31]"], r"\[31\].*outside \[0, 30\]"),
+    (["sparsity=-1e-3"], "sparsity=-0.001 is negative"),
+    (["optim.max_steps=0"], "optim.max_steps=0"),
+    (["crosscoder.decoder_norm=l3"], "crosscoder.decoder_norm='l3'"),
+])
+def test_bad_values_fail_validation_with_the_fix(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        validate_config(_compose("train", overrides))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model=qwen9"], "Could not find 'model/qwen9'"),
+    (["optim.max_stepz=3"], "Key 'max_stepz' not in 'OptimConfig'"),
+    (["optim.max_steps=many"], "Value 'many' of type 'str' could not be converted to Integer"),
+])
+def test_unknown_names_and_misspelt_keys_fail_at_composition(overrides, message):
+    import re
+
+    with pytest.raises(Exception) as info:
+        _compose("train", overrides)
+    # Hydra prints the error and its cause; together they name the key and the schema.
+    text = f"{info.value}\n{info.value.__cause__}"
+    assert re.search(message, text), text
+
+
+def test_cli_prints_resolved_layers_and_fails_fast_on_bad_index():
+    out = subprocess.run([sys.executable, "train.py", "model=qwen2.5-7b", "--cfg", "job", "--resolve"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "indices:\n  - 0\n  - 4\n  - 8\n  - 12\n  - 16\n  - 20\n  - 24\n  - 28\n" in out
+    out = subprocess.run([sys.executable, "train.py", "model=qwen2.5-14b", "sparsity=3e-3", "--cfg", "job",
+                          "--resolve"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "sparsity_coef: 0.003" in out
+    t0 = time.perf_counter()
+    bad = subprocess.run([sys.executable, "train.py", "layers=custom", "layers.indices=[0,40]",
+                          "paths.runs_root=/tmp/sal-never"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "outside [0, 30]" in bad.stderr
+    assert time.perf_counter() - t0 < 30  # no model was loaded
