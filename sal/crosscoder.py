@@ -35,7 +35,6 @@ above is therefore correct for folded and unfolded exports alike.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile

@@ -19,7 +19,7 @@ STAGES = ("train.py", "extract_rules.py", "evaluate.py")
 RUNS = {
     "SmolLM2-135M-Instruct": ["run_name=default"],
     # The null model reads the text its pretrained twin wrote: only the weights differ.
-    "null model (random weights)": ["run_name=null", "model.init=random", "data.responses_from=pretrained"],
+    "null model (random weights)": ["run_name=null_model", "model.init=random", "data.responses_from=pretrained"],
 }
 
 

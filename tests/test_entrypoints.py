@@ -70,3 +70,29 @@ def test_compare_on_the_papers_values_reproduces_its_fit(tmp_path):
     assert abs(fit["alpha"] - 4.246) <= 0.5 and abs(fit["beta"] - 1.090) <= 0.10 and fit["r2"] >= 0.96
     assert (tmp_path / "_analysis" / "compare" / "default" / "compare" / "fig4_sal_vs_accuracy.png").exists()
     assert "alpha" in out
+
+
+def test_two_process_extract_rules_matches_one_process(tiny_run, tmp_path):
+    import shutil
+
+    root, common, _ = tiny_run
+    src = root / "tiny-random" / "default"
+    if not (src / "rules" / "rules.parquet").exists():
+        _run("extract_rules.py", *common)
+    copy = tmp_path / "ddp_run"
+    shutil.copytree(src, copy, ignore=shutil.ignore_patterns("rules.parquet", "shards", "feature_counts.parquet"))
+    _run("extract_rules.py", *common, f"run_dir={copy}", "trainer=ddp_cpu")
+    one = pd.read_parquet(src / "rules" / "rules.parquet")
+    two = pd.read_parquet(copy / "rules" / "rules.parquet")
+    assert len(list((copy / "rules" / "shards").glob("rank*.npz"))) >= 2  # really sharded over 2 ranks
+    pd.testing.assert_frame_equal(one, two)
+
+
+def test_sweep_writes_one_directory_per_job(tmp_path):
+    out = _run("train.py", "-m", "model=tiny-random", "sparsity=1e-3,5e-3", "logger=csv", "optim.max_steps=4",
+               f"paths.cache_dir={tmp_path}/cache", f"hydra.sweep.dir={tmp_path}/multirun")
+    jobs = sorted(p for p in (tmp_path / "multirun").iterdir() if p.is_dir())
+    assert [j.name for j in jobs] == ["0_tiny-random_sp0.001", "1_tiny-random_sp0.005"]
+    coefs = [json.loads((j / "crosscoder" / "config.json").read_text())["training"]["crosscoder"]["sparsity_coef"]
+             for j in jobs]
+    assert coefs == [1e-3, 5e-3]

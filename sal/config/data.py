@@ -43,6 +43,9 @@ class DataConfig:
     """Question sources for the training corpus, names from sal.data.sources.SOURCES."""
     max_questions: Optional[int] = None
     """Keep at most this many de-duplicated questions (seeded sample); None keeps all."""
+    max_question_chars: Optional[int] = None
+    """Drop questions longer than this many characters before sampling (laptop presets keep
+    prompts short; None keeps all)."""
     seed: int = 0
     """Seed for question sampling and the rule-set stratified sample."""
     rule_set_source: str = "math_test"
@@ -64,6 +67,8 @@ class DataConfig:
             raise ValueError(f"data.sources has unknown {unknown}; known: {sorted(SOURCES)}.")
         if self.max_questions is not None and self.max_questions < 1:
             raise ValueError(f"data.max_questions={self.max_questions} must be >= 1 or null.")
+        if self.max_question_chars is not None and self.max_question_chars < 1:
+            raise ValueError(f"data.max_question_chars={self.max_question_chars} must be >= 1 or null.")
         if self.rule_set_per_stratum < 1:
             raise ValueError(f"data.rule_set_per_stratum={self.rule_set_per_stratum} must be >= 1.")
         if self.responses_from not in ("self", "pretrained"):

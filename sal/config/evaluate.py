@@ -189,6 +189,9 @@ class PowerConfig:
     """Labelled rules per category at which CI width and power are simulated."""
     delta: float = 0.05
     """SAL difference (bits) to detect; 0.05 is the Mistral-7B vs DeepSeek-Math-7B gap."""
+    compare_separation: Optional[float] = None
+    """source=world: a second world, like `world=` but with this separation, whose actual
+    SAL difference from the first is the one to detect (delta is then ignored)."""
     target_power: float = 0.8
     """Power the recommended budget must reach."""
     alpha: float = 0.05

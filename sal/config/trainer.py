@@ -24,7 +24,8 @@ class TrainerConfig:
     strategy: str = "auto"
     """auto | ddp | ddp_spawn | ... (ddp uses gloo on CPU, nccl on GPU)."""
     precision: str = "32-true"
-    """32-true on CPU; bf16-mixed on GPU (matmuls in bf16, weights and optimiser in fp32)."""
+    """32-true (CPU default) | bf16-mixed (GPU default: bf16 matmuls, fp32 weights and
+    optimiser; also ~2x faster on CPUs with AVX512-BF16/AMX) | bf16-true | 16-mixed (GPU)."""
     log_every_n_steps: int = 1
     """Logging cadence; 1 logs every step, as the metric list promises."""
     enable_progress_bar: bool = True
@@ -39,9 +40,9 @@ class TrainerConfig:
             raise ValueError(f"trainer.accelerator={self.accelerator!r}: choose one of {_ACCELERATORS}.")
         if self.precision not in _PRECISIONS:
             raise ValueError(f"trainer.precision={self.precision!r}: choose one of {_PRECISIONS}.")
-        if self.accelerator == "cpu" and self.precision != "32-true":
-            raise ValueError(f"trainer.precision={self.precision!r} on CPU: use 32-true (bf16 autocast on CPU is "
-                             f"slower than fp32 on most CPUs), or trainer=gpu.")
+        if self.accelerator == "cpu" and self.precision == "16-mixed":
+            raise ValueError("trainer.precision=16-mixed needs a GPU: on CPU use 32-true, or bf16-mixed on CPUs "
+                             "with native bf16 matmuls (AVX512-BF16 / AMX).")
         if isinstance(self.devices, int) and self.devices < 1:
             raise ValueError(f"trainer.devices={self.devices}: must be >= 1 or 'auto'.")
         if isinstance(self.devices, str) and self.devices != "auto":

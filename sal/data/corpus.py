@@ -43,11 +43,19 @@ def corpus_key(model: ModelConfig, data: DataConfig, kind: str) -> str:
         ident.update(sources=list(data.sources), max_questions=data.max_questions)
     else:
         ident.update(source=data.rule_set_source, per_stratum=data.rule_set_per_stratum)
+    if data.max_question_chars is not None:
+        ident.update(max_question_chars=data.max_question_chars)
     return f"{model.name}-{model.init}-{kind}-{_digest(ident)}"
 
 
+def _short_enough(rows: List[dict], data: DataConfig) -> List[dict]:
+    if data.max_question_chars is None:
+        return rows
+    return [r for r in rows if len(r["question"]) <= data.max_question_chars]
+
+
 def select_corpus_questions(data: DataConfig) -> List[dict]:
-    rows = load_questions(list(data.sources))
+    rows = _short_enough(load_questions(list(data.sources)), data)
     if data.max_questions is not None and len(rows) > data.max_questions:
         rng = random.Random(data.seed)
         rows = [rows[i] for i in sorted(rng.sample(range(len(rows)), data.max_questions))]
@@ -57,7 +65,7 @@ def select_corpus_questions(data: DataConfig) -> List[dict]:
 def stratified_rule_set(data: DataConfig) -> List[dict]:
     """Appendix D's rule set: ``rule_set_per_stratum`` questions per (type, level), seeded;
     strata smaller than that are taken whole. Rows come back in (type, level) order."""
-    rows = load_source(data.rule_set_source)
+    rows = _short_enough(load_source(data.rule_set_source), data)
     if not any(r["type"] for r in rows):
         raise ValueError(f"data.rule_set_source={data.rule_set_source!r} has no type/level fields; "
                          f"use a MATH split (math_test or math_train).")

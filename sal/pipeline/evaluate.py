@@ -92,8 +92,7 @@ def run_single(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
         **result.to_dict(),
         "sampling_frame": frame,
         "n_labelled": int(len(ok)), "n_unlabelled": int(len(labelled) - len(ok)),
-        "judge": {"backend": cfg.judge.backend, "model": judge.report.model,
-                  "report": judge.report.as_dict() if hasattr(judge.report, "as_dict") else str(judge.report)},
+        "judge": {"backend": cfg.judge.backend, "model": judge.report.model, "report": judge.report.to_dict()},
         "config": resolved,
     }
     (out / "sal.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -115,6 +114,7 @@ def run_single(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
     print(f"[evaluate] {cfg.model.name} ({cfg.model.init}): SAL = {result.sal:.4f} bits "
           f"[{100 * cfg.evaluate.ci_level:.0f}% CI {ci[0]:.4f}, {ci[1]:.4f}], permutation p = {result.p_value:.4f}, "
           f"rules per category {result.counts}")
+    print(f"[evaluate] {judge.report.summary()}")
     print(f"[evaluate] report: {report}")
     return summary
 
@@ -206,19 +206,37 @@ def run_validate(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- power
+def tokens_per_judgment(run_dirs) -> float | None:
+    """Mean prompt + completion tokens per request that the runs' judges tallied (None when
+    no request reported usage, e.g. every answer came from the cache)."""
+    tokens = requests = 0
+    for d in run_dirs:
+        path = Path(d) / "sal.json"
+        if path.exists():
+            rep = json.loads(path.read_text()).get("judge", {}).get("report", {})
+            tokens += rep.get("prompt_tokens", 0) + rep.get("completion_tokens", 0)
+            requests += rep.get("n_requests", 0) - rep.get("n_missing_usage", 0)
+    return tokens / requests if requests > 0 and tokens > 0 else None
+
+
 def run_power(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
     from sal import plots, power, synthetic
 
     p = cfg.analysis.power
-    shares = None
+    shares = pool_b = None
     if p.source == "run":
         labelled = pd.concat([pd.read_parquet(Path(d) / "evaluate" / "labelled_rules.parquet")
                               for d in cfg.analysis.run_dirs])
         pool, shares = power.pool_from_rules(labelled[labelled.judge_status == "ok"])
     else:
         pool = synthetic.rule_pool(synthetic.generate_world(cfg.world))
+        if p.compare_separation is not None:
+            other = dataclasses.replace(cfg.world, separation=p.compare_separation, seed=cfg.world.seed + 1)
+            pool_b = synthetic.rule_pool(synthetic.generate_world(other))
     tokens = p.tokens_per_judgment
-    result = power.power_analysis(pool, delta=p.delta, n_grid=p.n_grid, n_sim=p.n_sim, n_bootstrap=p.n_bootstrap,
+    if tokens is None and p.source == "run":
+        tokens = tokens_per_judgment(cfg.analysis.run_dirs)
+    result = power.power_analysis(pool, pool_b, delta=p.delta, n_grid=p.n_grid, n_sim=p.n_sim, n_bootstrap=p.n_bootstrap,
                                   bins=cfg.evaluate.bins, alpha=p.alpha, target_power=p.target_power,
                                   ci_level=cfg.evaluate.ci_level, seed=cfg.evaluate.seed,
                                   tokens_per_judgment=tokens, price_per_1k_tokens=p.price_per_1k_tokens,

@@ -141,17 +141,23 @@ def _build(target: Path, lock: Path, key: dict, model, tokenizer, texts, layers,
             os.utime(lock, None)  # heartbeat: the lock is not stale while shards appear
 
     step = optim.docs_per_forward
-    for i in tqdm(range(0, len(texts), step), desc="activation cache", unit="batch"):
-        enc = tokenizer(list(texts[i:i + step]), truncation=True, max_length=optim.max_tokens_per_instance)
+    window = step * 8  # documents sorted by length within a window: less padding
+    for w in tqdm(range(0, len(texts), window), desc="activation cache", unit="window"):
+        enc = tokenizer(list(texts[w:w + window]), truncation=True, max_length=optim.max_tokens_per_instance)
         ids, attn = _pad([list(r) for r in enc["input_ids"]])
         valid = mask_fn(ids, attn, special)
-        if not valid.any():
-            continue
-        acts = capture_fn(model, ids.to(device), attn.to(device), list(layers))[valid.to(device)]
-        d_model = acts.shape[-1]
-        pending.append(acts.to("cpu", dtype))
-        n_pending += acts.shape[0]
-        flush()
+        by_len = torch.argsort(attn.sum(dim=1), descending=True, stable=True)
+        for i in range(0, by_len.numel(), step):
+            rows = by_len[i:i + step]
+            if not valid[rows].any():
+                continue
+            width = int(attn[rows].sum(dim=1).max())
+            b_ids, b_attn, b_valid = ids[rows, :width], attn[rows, :width], valid[rows, :width]
+            acts = capture_fn(model, b_ids.to(device), b_attn.to(device), list(layers))[b_valid.to(device)]
+            d_model = acts.shape[-1]
+            pending.append(acts.to("cpu", dtype))
+            n_pending += acts.shape[0]
+            flush()
     flush(final=True)
     if not shards:
         raise ValueError("The corpus has no valid tokens: cannot build an activation cache.")

@@ -8,7 +8,8 @@ linearly from 0 over the first 20%.
 
 Logged every step (rank 0): ``train/loss, train/mse, train/sparsity, train/sparsity_coef,
 train/lr, train/nmse, train/fvu, train/fvu/layer_<i>, train/l0, train/l0/layer_<i>,
-train/dead_frac, train/tokens_per_s`` (+ ``train/aux`` for TopK). Here
+train/dead_frac, train/tokens_per_s, train/grad_norm`` (before clipping; + ``train/aux``
+for TopK). Here
 ``nmse = sum ||x - x_hat||^2 / sum ||x||^2`` and
 ``fvu = sum ||x - x_hat||^2 / sum ||x - mean_batch(x)||^2`` over the batch (normalised
 units, so every layer weighs equally), ``l0`` = active (feature, layer) pairs per token, and
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import math
 import time
 from typing import Any
 
@@ -93,13 +93,28 @@ class CrosscoderModule(L.LightningModule):
         o = self.optim_cfg
         kwargs = dict(lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
         # The fused kernel (one pass over the parameters, CPU and CUDA) is the fastest AdamW.
-        try:
-            opt = torch.optim.AdamW(self.crosscoder.parameters(), fused=True, **kwargs)
-        except (RuntimeError, TypeError):
+        # Not under fp16 loss scaling: a fused optimiser unscales internally, after the point
+        # where gradients are clipped.
+        precision = str(getattr(self._trainer, "precision", "32-true")) if self._trainer is not None else "32-true"
+        opt = None
+        if precision != "16-mixed":
+            try:
+                opt = torch.optim.AdamW(self.crosscoder.parameters(), fused=True, **kwargs)
+            except (RuntimeError, TypeError):
+                opt = None
+        if opt is None:
             opt = torch.optim.AdamW(self.crosscoder.parameters(), **kwargs)
         total, cooldown = self.max_steps, o.cooldown_frac
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, total, 1.0, cooldown))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Clipping here instead of Trainer(gradient_clip_val=...): Lightning refuses that with
+        # fused optimisers under mixed precision. Gradients are unscaled at this point.
+        params = [p for p in self.crosscoder.parameters() if p.grad is not None]
+        max_norm = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip is not None else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False, logger=True)
 
     # ------------------------------------------------------------------ helpers
     def dead_mask(self) -> Tensor:
@@ -137,7 +152,8 @@ class CrosscoderModule(L.LightningModule):
         self.log("fvu", metrics["train/fvu"], prog_bar=True, logger=False)
         self.log("l0", metrics["train/l0"], prog_bar=True, logger=False)
         if self.trainer.is_global_zero:
-            floats = {k: float(v) for k, v in metrics.items()}
+            # one device->host transfer for all metrics
+            floats = dict(zip(metrics, torch.stack([v.float() for v in metrics.values()]).tolist()))
             floats["step"] = self.global_step
             if self.first_metrics is None:
                 self.first_metrics = floats
@@ -150,8 +166,8 @@ class CrosscoderModule(L.LightningModule):
         feats_BLC = out.feats_BLC.detach()
         # One pass over the features: active count per (layer, feature).
         active_LC = torch.count_nonzero(feats_BLC, dim=0)
-        fired_LC = (active_LC > 0).to(torch.uint8)
-        fired_LC = self._all_reduce(fired_LC.int(), dist.ReduceOp.MAX if _dist_ready() else None).bool()
+        # A latent fired if it fired on any rank (MAX over ranks keeps the counters identical).
+        fired_LC = self._all_reduce((active_LC > 0).int(), dist.ReduceOp.MAX if _dist_ready() else None).bool()
         self.tokens_since_fired.add_(n_tokens * world).masked_fill_(fired_LC, 0)
         window = self.cc_cfg.dead_window_tokens
         dead_frac = (self.tokens_since_fired >= window).all(dim=0).float().mean()
@@ -186,7 +202,7 @@ class CrosscoderModule(L.LightningModule):
         for i in range(x.shape[1]):
             m[f"train/fvu/layer_{i}"] = fvu_L[i]
             m[f"train/l0/layer_{i}"] = l0_L[i]
-        return {k: (v if isinstance(v, Tensor) else torch.tensor(v)) for k, v in m.items()}
+        return {k: (v if isinstance(v, Tensor) else torch.tensor(v, device=x.device)) for k, v in m.items()}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The summary of a resumed run still reports the first step's fvu.

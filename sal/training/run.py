@@ -69,7 +69,7 @@ def _make_loggers(run_dir: Path, logger_cfg, name: str, config: dict) -> list:
 
     loggers = []
     if logger_cfg is None or getattr(logger_cfg, "csv", True):
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv"))
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", flush_logs_every_n_steps=10))
     mode = getattr(logger_cfg, "wandb_mode", "auto") if logger_cfg is not None else "auto"
     if logger_cfg is not None and getattr(logger_cfg, "wandb", True) and mode != "disabled":
         if mode == "auto":
@@ -173,7 +173,9 @@ def train_crosscoder(
                                  "trainer": dataclasses.asdict(tcfg), "layers": layers, "model": model_name}
     pl_trainer = L.Trainer(
         accelerator=tcfg.accelerator, devices=tcfg.devices, num_nodes=tcfg.num_nodes, strategy=tcfg.strategy,
-        precision=tcfg.precision, max_steps=opt.max_steps, max_epochs=-1, gradient_clip_val=opt.grad_clip,
+        # Gradient clipping happens in CrosscoderModule.on_before_optimizer_step (not via
+        # gradient_clip_val, which Lightning refuses for fused AdamW under mixed precision).
+        precision=tcfg.precision, max_steps=opt.max_steps, max_epochs=-1,
         log_every_n_steps=tcfg.log_every_n_steps, callbacks=[ckpt_cb, *callbacks],
         logger=_make_loggers(run_dir, logger, run_name(model_name, layers, cc), config),
         default_root_dir=str(run_dir), enable_progress_bar=tcfg.enable_progress_bar, enable_model_summary=False,

@@ -43,3 +43,20 @@ def test_module_optimiser_follows_the_schedule():
         assert opt.param_groups[0]["lr"] == pytest.approx(lr_at(step, 50, 3e-4), abs=1e-12)
         opt.step()
         sched.step()
+
+
+def test_gradient_clipping_caps_the_global_norm():
+    import warnings
+
+    from sal.config.crosscoder import CrosscoderConfig, OptimConfig
+    from sal.training.module import CrosscoderModule
+
+    opt_cfg = OptimConfig(grad_clip=0.5, batch_instances=1, tokens_per_instance=8, shuffle_buffer_tokens=8)
+    module = CrosscoderModule(CrosscoderConfig(n_features=8), opt_cfg, n_layers=2, d_model=4)
+    for p in module.crosscoder.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log without a Trainer
+        module.on_before_optimizer_step(None)
+    norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in module.crosscoder.parameters()))
+    assert norm.item() == pytest.approx(0.5, rel=1e-4)

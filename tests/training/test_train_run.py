@@ -27,25 +27,27 @@ def _step_of(ckpt: Path) -> int:
     return int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
 
 
-@pytest.mark.parametrize("arch", ["relu", "topk"])
-def test_training_logs_every_metric_every_step_and_exports(tmp_path, arch):
+@pytest.mark.parametrize("arch, precision", [("relu", "32-true"), ("topk", "bf16-mixed")])
+def test_training_logs_every_metric_every_step_and_exports(tmp_path, arch, precision):
     from sal.training.run import train_crosscoder
 
     model, tok = tiny_llama()
     cc = CrosscoderConfig(arch=arch, n_features=128, k=8, aux_k=16, dead_window_tokens=256)
     opt = OptimConfig(max_steps=40, batch_instances=4, tokens_per_instance=32, max_tokens_per_instance=48,
                       docs_per_forward=4, shuffle_buffer_tokens=512, checkpoint_every_n_steps=20, lr=2e-3)
-    result = train_crosscoder(cc, opt, TrainerConfig(enable_progress_bar=False), model, tok, tiny_texts(48), LAYERS,
-                              tmp_path, model_name="tiny")
+    tcfg = TrainerConfig(precision=precision, enable_progress_bar=False)  # bf16: fused AdamW + clipping + AMP
+    result = train_crosscoder(cc, opt, tcfg, model, tok, tiny_texts(48), LAYERS, tmp_path, model_name="tiny")
     rows = _metrics(tmp_path)
     assert [int(r["step"]) for r in rows] == list(range(40))
     names = {"train/loss", "train/mse", "train/sparsity", "train/sparsity_coef", "train/lr", "train/nmse",
-             "train/fvu", "train/l0", "train/dead_frac", "train/tokens_per_s"}
+             "train/fvu", "train/l0", "train/dead_frac", "train/tokens_per_s", "train/grad_norm"}
     names |= {f"train/{m}/layer_{i}" for m in ("fvu", "l0") for i in range(len(LAYERS))}
     assert names <= set(rows[0])
     assert all(r[n] != "" for r in rows for n in names)
     fvu = [float(r["train/fvu"]) for r in rows]
     assert sum(fvu[-5:]) / 5 < 0.8 * sum(fvu[:5]) / 5  # it learns
+    lrs = [float(r["train/lr"]) for r in rows]
+    assert lrs[0] == pytest.approx(2e-3) and lrs[36] == pytest.approx(2e-3 * 4 / 8, rel=1e-5)  # cool-down
     coefs = [float(r["train/sparsity_coef"]) for r in rows]
     if arch == "relu":
         assert coefs[0] == 0.0 and coefs[4] == pytest.approx(2.5e-3, rel=1e-5) and coefs[-1] == pytest.approx(5e-3)
@@ -59,6 +61,10 @@ def test_training_logs_every_metric_every_step_and_exports(tmp_path, arch):
     assert cfg["training"]["optim"]["max_steps"] == 40 and cfg["subject_model"]["name"] == "tiny"
     assert bool(back.scales_fitted) and back.act_scale.ne(1).all()
     assert set(result.summary) >= {"nmse", "fvu", "l0", "dead_frac"}
+    # re-running a finished run is a no-op: no training, no new log version
+    again = train_crosscoder(cc, opt, tcfg, model, tok, tiny_texts(48), LAYERS, tmp_path, model_name="tiny")
+    assert again.global_step == 40 and again.summary["fvu"] == pytest.approx(result.summary["fvu"])
+    assert not (tmp_path / "csv" / "version_1").exists()
 
 
 def _run(run_dir, *extra, **popen):
