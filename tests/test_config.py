@@ -43,8 +43,8 @@ def test_sparsity_defaults_per_model_and_top_level_override_reaches_the_crosscod
 
 
 def test_experiment_override_beats_the_model_preset():
-    assert _compose("train", ["model=qwen2.5-7b", "experiment=demo"]).optim.max_steps == 300
-    assert _compose("train", []).optim.max_steps == 300  # the offline model picks demo itself
+    assert _compose("train", ["model=qwen2.5-7b", "experiment=demo"]).optim.max_steps == 200
+    assert _compose("train", []).optim.max_steps == 200  # the offline model picks demo itself
 
 
 def test_custom_layers():

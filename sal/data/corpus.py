@@ -163,6 +163,8 @@ def generate_responses(
     return df
 
 
-def document_texts(df: pd.DataFrame, template: str = "r1_zero") -> List[str]:
-    """What the subject model reads for activation work: the prompt it answered + its response."""
-    return [build_prompt(q, template) + " " + r for q, r in zip(df["question"], df["response"])]
+def document_texts(df: pd.DataFrame) -> List[str]:
+    """What the crosscoder reads: the question and the model's own response (Section 3.1's
+    corpus), without the prompt template's instructions, which every document would share
+    and which would otherwise claim a large part of a small dictionary."""
+    return [f"{q}\n\n{r}" for q, r in zip(df["question"], df["response"])]

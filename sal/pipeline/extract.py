@@ -51,7 +51,7 @@ def interpret(cfg: SALConfig, run_dir: Path, model, tokenizer, cc, layers) -> pd
     if path.exists():
         return pd.read_parquet(path)
     corpus = build_corpus(cfg, "corpus", model, tokenizer)
-    texts = document_texts(corpus, cfg.data.generation.prompt)
+    texts = document_texts(corpus)
     ic = cfg.interpret
     collector = TopSpanCollector(cc.n_features, k=ic.top_k, window=ic.span_window, tau=ic.tau, store_tokens=True)
     for fb in feature_pass(model, tokenizer, cc, texts, layers, cfg.model.max_seq_len, desc="feature pass (corpus)"):
@@ -75,7 +75,7 @@ def rule_set_layer_counts(cfg: SALConfig, run_dir: Path, model, tokenizer, cc, l
     if path.exists():
         return sp.load_npz(path)
     rule_set = build_corpus(cfg, "rule_set", model, tokenizer)
-    texts = document_texts(rule_set, cfg.data.generation.prompt)
+    texts = document_texts(rule_set)
     builder = LayerCountBuilder(cc.n_features)
     for fb in feature_pass(model, tokenizer, cc, texts, layers, cfg.model.max_seq_len, desc="feature pass (rule set)"):
         for row in aggregate_batch(fb.feats_BTLC, fb.mask_BT.to(fb.feats_BTLC.device), tau=cfg.rules.tau,

@@ -19,7 +19,7 @@ def run(cfg: DictConfig) -> dict:
 
     model, tokenizer = load_subject_model(typed.model)
     corpus = build_corpus(typed, "corpus", model, tokenizer)
-    texts = document_texts(corpus, typed.data.generation.prompt)
+    texts = document_texts(corpus)
     log.info("Training on %d documents at layers %s", len(texts), typed.layers.indices)
     result = train_crosscoder(
         typed.crosscoder, typed.optim, typed.trainer, model, tokenizer, texts, typed.layers.indices, run_dir,
