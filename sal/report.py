@@ -52,7 +52,8 @@ def sal_block(summary: Mapping) -> str:
         f"(null mean SAL {summary.get('null_mean', float('nan')):.4f} bits at these sample sizes)",
         f"- pairwise JSD: {pair}",
         f"- SAL at other bin counts: {by_bins}",
-        f"- labelled rules per category: {summary['counts']}",
+        f"- labelled rules per category: {summary.get('judge_label_counts', summary['counts'])}"
+        f" (used for SAL: {summary['counts']})",
     ]
     if summary.get("dropped"):
         lines.append(f"- **warning**: categories with no rules were dropped: {summary['dropped']}")

@@ -42,3 +42,16 @@ def test_model_file_shapes_are_checked_against_the_loaded_model():
 def test_unknown_model_file_names_the_known_ones():
     with pytest.raises(FileNotFoundError, match="qwen2.5-7b"):
         named_model_config("qwen-99b")
+
+
+def test_local_directory_source_reloads_identical_weights(tmp_path):
+    tiny, tok = load_subject_model(named_model_config("tiny-random"))
+    tiny.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    cfg = named_model_config("tiny-random")
+    cfg.source, cfg.local_path, cfg.init = "local", str(tmp_path), "pretrained"
+    local, local_tok = load_subject_model(cfg)
+    ids = tok(["x = 1"], return_tensors="pt").input_ids
+    assert local_tok(["x = 1"], return_tensors="pt").input_ids.tolist() == ids.tolist()
+    with torch.no_grad():
+        assert torch.equal(local(ids).logits, tiny(ids).logits)

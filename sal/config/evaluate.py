@@ -39,6 +39,10 @@ class EvalConfig:
     empty_category: str = "error"
     """What to do when a soundness category has no labelled rules: error (stop, naming it)
     or drop (compute SAL over the other categories, with a warning in the report)."""
+    min_rules_per_category: int = 10
+    """A category with fewer labelled rules than this is treated like an empty one (error or
+    drop, as empty_category says): a histogram of two or three rules is not a distribution,
+    and its JSD to the others is noise."""
     categories: List[str] = field(default_factory=lambda: ["Strict", "Plausible", "No"])
     """Soundness categories the judge assigns, in the paper's order."""
     n_case_studies: int = 5

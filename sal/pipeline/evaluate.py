@@ -48,6 +48,19 @@ def sample_rules(rules: pd.DataFrame, explained: set, n_per_arity: int, seed: in
     return pd.concat(parts, ignore_index=True), frame
 
 
+def enforce_min_rules(probs: Dict[str, np.ndarray], min_rules: int, policy: str) -> Dict[str, np.ndarray]:
+    """Treat categories with fewer than ``min_rules`` labelled rules as empty (see
+    evaluate.min_rules_per_category); with policy 'error', stop and say how to fix it."""
+    thin = {k: len(v) for k, v in probs.items() if 0 < len(v) < min_rules}
+    if thin and policy == "error":
+        raise ValueError(
+            f"Too few labelled rules in {thin} (< evaluate.min_rules_per_category={min_rules}) for a histogram: "
+            f"label more rules (evaluate.n_rules_per_arity) or set evaluate.empty_category=drop.")
+    if thin:
+        log.warning("Dropping categories with too few labelled rules: %s", thin)
+    return {k: (v[:0] if k in thin else v) for k, v in probs.items()}
+
+
 def _judge_for(cfg: SALConfig, run_dir: Path):
     from sal.judge import make_judge
 
@@ -83,6 +96,7 @@ def run_single(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
 
     ok = labelled[labelled.judge_status == "ok"]
     probs = metrics.probs_by_category_from_frame(ok, categories=cfg.evaluate.categories)
+    probs = enforce_min_rules(probs, cfg.evaluate.min_rules_per_category, cfg.evaluate.empty_category)
     result = metrics.evaluate_sal(
         probs, bins=cfg.evaluate.bins, report_bins=cfg.evaluate.report_bins, n_bootstrap=cfg.evaluate.n_bootstrap,
         n_permutations=cfg.evaluate.n_permutations, ci_level=cfg.evaluate.ci_level, seed=cfg.evaluate.seed,
@@ -91,6 +105,7 @@ def run_single(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
         "model": cfg.model.name, "init": cfg.model.init, "run_dir": str(run_dir),
         **result.to_dict(),
         "sampling_frame": frame,
+        "judge_label_counts": {c: int((ok.category == c).sum()) for c in cfg.evaluate.categories},
         "n_labelled": int(len(ok)), "n_unlabelled": int(len(labelled) - len(ok)),
         "judge": {"backend": cfg.judge.backend, "model": judge.report.model, "report": judge.report.to_dict()},
         "config": resolved,
