@@ -56,7 +56,7 @@ def sal_block(summary: Mapping) -> str:
         f" (used for SAL: {summary['counts']})",
     ]
     if summary.get("dropped"):
-        lines.append(f"- **warning**: categories with no rules were dropped: {summary['dropped']}")
+        lines.append(f"- **warning**: categories with no or too few labelled rules (evaluate.min_rules_per_category) were dropped: {summary['dropped']}")
     frame = summary.get("sampling_frame")
     if frame:
         lines.append("- sampling frame: " + "; ".join(
