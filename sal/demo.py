@@ -7,6 +7,7 @@ one Markdown report beside both.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -15,6 +16,8 @@ from pathlib import Path
 from sal.report import write_demo_report
 
 ROOT = Path(__file__).resolve().parents[1]
+# The offline default reads packaged files only; make any accidental hub access fail fast.
+OFFLINE_ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 STAGES = ("train.py", "extract_rules.py", "evaluate.py")
 RUNS = {
     "SmolLM2-135M-Instruct": ["run_name=default"],
@@ -33,7 +36,7 @@ def main(argv: list[str]) -> int:
             cmd = [sys.executable, str(ROOT / stage), *overrides, *argv]
             print(f"\n=== {label}: {' '.join(cmd[1:])}", flush=True)
             t0 = time.perf_counter()
-            subprocess.run(cmd, cwd=ROOT, check=True)
+            subprocess.run(cmd, cwd=ROOT, check=True, env=OFFLINE_ENV)
             print(f"=== {stage} done in {time.perf_counter() - t0:.0f} s", flush=True)
         run_name = [o for o in overrides if o.startswith("run_name=")][0].split("=", 1)[1]
         run_dirs[label] = runs_root / "smollm2-135m" / run_name

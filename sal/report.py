@@ -57,6 +57,10 @@ def sal_block(summary: Mapping) -> str:
     ]
     if summary.get("dropped"):
         lines.append(f"- **warning**: categories with no or too few labelled rules (evaluate.min_rules_per_category) were dropped: {summary['dropped']}")
+    h = summary.get("human_agreement")
+    if h:
+        lines.append(f"- agreement with human labels on {h['n']} rules: raw {h['raw_agreement']:.3f}, "
+                     f"Cohen's kappa {h['kappa']:.3f} (paper: 0.566 raw agreement)")
     frame = summary.get("sampling_frame")
     if frame:
         lines.append("- sampling frame: " + "; ".join(

@@ -55,11 +55,18 @@ def test_extract_then_evaluate_with_replayed_labels(tiny_run, tmp_path):
     labels["category"] = rng.choice(["Strict", "Plausible", "No"], size=len(labels))
     labels["rationale"] = "test label"
     labels.to_csv(tmp_path / "labels.csv", index=False)
+    # Human labels for 20 rules: the first 10 agree with the replayed judge, the rest do not.
+    human = labels.head(20).copy()
+    flip = {"Strict": "No", "Plausible": "Strict", "No": "Plausible"}
+    human.loc[human.index[10:], "category"] = human.category.iloc[10:].map(flip)
+    human.to_csv(tmp_path / "human.csv", index=False)
     out = _run("evaluate.py", *common, "judge=replay", f"judge.replay_path={tmp_path / 'labels.csv'}",
-               "evaluate.n_rules_per_arity=50", "evaluate.n_bootstrap=50", "evaluate.n_permutations=50")
+               "evaluate.n_rules_per_arity=50", "evaluate.n_bootstrap=50", "evaluate.n_permutations=50",
+               f"evaluate.human_labels={tmp_path / 'human.csv'}")
     summary = json.loads((run_dir / "sal.json").read_text())
     assert 0 <= summary["sal"] <= np.log2(3) and 0 < summary["p_value"] <= 1
     assert sum(summary["counts"].values()) == 100
+    assert summary["human_agreement"]["n"] == 20 and summary["human_agreement"]["raw_agreement"] == 0.5
     assert (run_dir / "evaluate" / "report.md").exists() and "SAL =" in out
 
 

@@ -39,6 +39,9 @@ class EvalConfig:
     empty_category: str = "error"
     """What to do when a soundness category has no labelled rules: error (stop, naming it)
     or drop (compute SAL over the other categories, with a warning in the report)."""
+    human_labels: Optional[str] = None
+    """CSV of human soundness labels (p1, p2, q, category): those rules are also put to the
+    judge and raw agreement and Cohen's kappa are reported (the paper: 0.566 agreement)."""
     min_rules_per_category: int = 10
     """A category with fewer labelled rules than this is treated like an empty one (error or
     drop, as empty_category says): a histogram of two or three rules is not a distribution,

@@ -61,6 +61,20 @@ def enforce_min_rules(probs: Dict[str, np.ndarray], min_rules: int, policy: str)
     return {k: (v[:0] if k in thin else v) for k, v in probs.items()}
 
 
+def human_agreement(path: str, explanations: pd.DataFrame, judge) -> dict:
+    """Judge the human-labelled rules too and compare (raw agreement, Cohen's kappa)."""
+    from sal.interpret import agreement, judge_rules
+
+    human = pd.read_csv(path)
+    if "p2" not in human.columns:
+        human["p2"] = -1
+    human["p2"] = human["p2"].fillna(-1).astype(int)
+    judged = judge_rules(human[["p1", "p2", "q"]].astype(int), explanations, judge)
+    agr = agreement(human, judged)
+    return {"n": agr.n, "raw_agreement": agr.raw_agreement, "kappa": agr.kappa, "n_unmatched": agr.n_unmatched,
+            "confusion": agr.confusion.to_dict()}
+
+
 def _judge_for(cfg: SALConfig, run_dir: Path):
     from sal.judge import make_judge
 
@@ -110,6 +124,11 @@ def run_single(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
         "judge": {"backend": cfg.judge.backend, "model": judge.report.model, "report": judge.report.to_dict()},
         "config": resolved,
     }
+    if cfg.evaluate.human_labels:
+        summary["human_agreement"] = human_agreement(cfg.evaluate.human_labels, explanations, judge)
+        h = summary["human_agreement"]
+        print(f"[evaluate] agreement with human labels on {h['n']} rules: raw {h['raw_agreement']:.3f}, "
+              f"Cohen's kappa {h['kappa']:.3f}")
     (out / "sal.json").write_text(json.dumps(summary, indent=2, default=str))
     (run_dir / "sal.json").write_text(json.dumps(summary, indent=2, default=str))
     figures = {

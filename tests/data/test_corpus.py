@@ -88,3 +88,14 @@ def test_hf_generation_on_tiny_model_gives_nonempty_responses(tiny_model, tmp_pa
     df = generate_responses(questions, hf_generator(model, tok, gen), tmp_path, gen)
     assert len(df) == 5 and (df["response"].str.len() > 0).all()
     assert set(df.columns) >= {"question", "response", "source", "type", "level"}
+
+
+def test_offline_default_writes_nonempty_responses_for_every_requested_row(tmp_path):
+    from sal.models import load_named_model
+
+    model, tok = load_named_model("smollm2-135m")  # the packaged GGUF, no network
+    questions = select_corpus_questions(DataConfig(sources=["gsm8k_test"], max_questions=3, max_question_chars=200))
+    gen = GenerationConfig(batch_size=2, max_new_tokens=8, temperature=0.6)
+    df = generate_responses(questions, hf_generator(model, tok, gen), tmp_path, gen)
+    assert df["idx"].tolist() == [0, 1, 2] and (df["response"].str.strip().str.len() > 0).all()
+    assert df["question"].tolist() == [q["question"] for q in questions]
