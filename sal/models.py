@@ -22,8 +22,12 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def resolve_device(device: str) -> torch.device:
+    """auto: this process's own GPU (LOCAL_RANK under DDP, so 8 ranks do not all load the
+    subject model onto cuda:0), else the CPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device(device)
 
 
