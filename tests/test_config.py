@@ -90,3 +90,10 @@ def test_cli_prints_resolved_layers_and_fails_fast_on_bad_index():
                           "paths.runs_root=/tmp/sal-never"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode != 0 and "outside [0, 30]" in bad.stderr
     assert time.perf_counter() - t0 < 30  # no model was loaded
+
+
+def test_paper_experiment_switches_data_generation_and_judge():
+    cfg = _compose("train", ["model=qwen2.5-7b", "experiment=paper"])
+    assert cfg.data.name == "paper" and cfg.data.generation.backend == "vllm"
+    assert cfg.judge.backend == "openai" and cfg.judge.api_key_env == "DEEPSEEK_API_KEY"
+    assert cfg.optim.max_steps == 5000 and cfg.crosscoder.n_features == 2 ** 15
