@@ -1,0 +1,98 @@
+"""The numba fast path of count_rules (sal.rules.fast) and its pure-numpy fallback give the same
+tables as the brute-force reference and as each other."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from rules_reference import brute_force_rules
+
+import sal.rules.fast as fast
+from sal.rules import count_rules
+
+needs_numba = pytest.mark.skipif(not fast.available(), reason="numba is not installed")
+ENGINES = [pytest.param("numba", marks=needs_numba), "numpy"]
+INT_COLS = ["p1", "p2", "q", "n_premise", "n_rule"]
+
+
+def skewed_layer_counts(rng, n_samples, n_features, mean_active, max_count):
+    """Sparse counts with a few very popular features, so premise sets recur across samples."""
+    popularity = 1.0 / np.arange(1, n_features + 1)
+    popularity /= popularity.sum()
+    rows, cols = [], []
+    for n in range(n_samples):
+        k = int(np.clip(rng.poisson(mean_active), 1, n_features))
+        cols.append(rng.choice(n_features, size=k, replace=False, p=popularity))
+        rows.append(np.full(k, n))
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    values = rng.integers(1, max_count + 1, size=len(r))
+    return sp.csr_matrix((values, (r, c)), shape=(n_samples, n_features))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("seed", range(8))
+def test_each_engine_matches_brute_force(engine, seed):
+    rng = np.random.default_rng(500 + seed)
+    # up to 70 features: feature ids cross a 64-bit word of the kernel's ordering bitset
+    n_features = int(rng.integers(2, 71))
+    a = rng.integers(1, 4, size=(int(rng.integers(1, 16)), n_features))
+    a = a * (rng.random(a.shape) < rng.uniform(0.1, 0.9))
+    allowed = None if seed % 3 else rng.choice(n_features, size=max(1, n_features // 2), replace=False)
+    kwargs = dict(
+        max_premises=int(rng.integers(1, 3)),
+        beta=float(rng.choice([0.0, 0.5, 1.0])),
+        min_premise_count=int(rng.integers(1, 4)),
+        min_rule_count=int(rng.integers(1, 3)),
+        allowed=allowed,
+    )
+    got = count_rules(a, engine=engine, **kwargs)
+    want = brute_force_rules(a, **kwargs)
+    assert len(got) == len(want)
+    np.testing.assert_array_equal(got[INT_COLS].to_numpy(), want[INT_COLS].to_numpy())
+    np.testing.assert_allclose(got["prob"].to_numpy(), want["prob"].to_numpy(), rtol=1e-12)
+
+
+@needs_numba
+@pytest.mark.parametrize(
+    "n_features, max_count, min_premise_count, min_rule_count",
+    [(9000, 4, 1, 1), (9000, 60, 2, 1), (300, 3, 3, 2)],
+)
+def test_kernel_and_fallback_agree_exactly(monkeypatch, n_features, max_count, min_premise_count, min_rule_count):
+    # Larger than brute force allows: > 64 * 64 features (several summary words of the
+    # bitset), many distinct layer counts, popular premises seen in many samples.
+    rng = np.random.default_rng(n_features + max_count)
+    a = skewed_layer_counts(rng, 150, n_features, mean_active=25, max_count=max_count)
+    kwargs = dict(min_premise_count=min_premise_count, min_rule_count=min_rule_count)
+    want = count_rules(a, engine="numpy", chunk_samples=64, **kwargs)
+    assert len(want) > 1000 and (want["n_rule"] > 1).any() and (want["p2"] == -1).any()
+    pd.testing.assert_frame_equal(count_rules(a, engine="numba", **kwargs), want, check_exact=True)
+    monkeypatch.setattr(fast, "_n_threads", lambda: 1)  # one thread: same table
+    pd.testing.assert_frame_equal(count_rules(a, engine="numba", **kwargs), want, check_exact=True)
+
+
+def test_auto_falls_back_to_numpy(monkeypatch):
+    rng = np.random.default_rng(3)
+    a = skewed_layer_counts(rng, 40, 200, mean_active=10, max_count=3)
+    want = count_rules(a, engine="numpy")
+    monkeypatch.setattr(fast, "available", lambda: False)  # as without numba installed
+    pd.testing.assert_frame_equal(count_rules(a), want, check_exact=True)
+    with pytest.raises(ImportError, match="pip install numba"):
+        count_rules(a, engine="numba")
+
+
+@needs_numba
+def test_auto_uses_the_kernel_within_budget_only(monkeypatch):
+    rng = np.random.default_rng(4)
+    a = skewed_layer_counts(rng, 40, 200, mean_active=10, max_count=3)
+    calls = []
+    original = fast.count_rules_fast
+    monkeypatch.setattr(fast, "count_rules_fast", lambda *args, **kw: (calls.append(1), original(*args, **kw))[1])
+    count_rules(a)
+    assert calls == [1]
+    count_rules(a, memory_budget_gb=1e-9)  # scratch does not fit: chunked engine
+    assert calls == [1]
+
+
+def test_unknown_engine_is_rejected():
+    with pytest.raises(ValueError, match="engine"):
+        count_rules(np.ones((2, 2), dtype=int), engine="gpu")
