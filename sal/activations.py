@@ -8,7 +8,7 @@ never run.
 
 from __future__ import annotations
 
-from typing import Iterable, List, Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Mapping
 
 import pandas as pd
 

@@ -96,7 +96,7 @@ def test_two_process_extract_rules_matches_one_process(tiny_run, tmp_path):
 
 
 def test_sweep_writes_one_directory_per_job(tmp_path):
-    out = _run("train.py", "-m", "model=tiny-random", "sparsity=1e-3,5e-3", "logger=csv", "optim.max_steps=4",
+    _run("train.py", "-m", "model=tiny-random", "sparsity=1e-3,5e-3", "logger=csv", "optim.max_steps=4",
                f"paths.cache_dir={tmp_path}/cache", f"hydra.sweep.dir={tmp_path}/multirun")
     jobs = sorted(p for p in (tmp_path / "multirun").iterdir() if p.is_dir())
     assert [j.name for j in jobs] == ["0_tiny-random_sp0.001", "1_tiny-random_sp0.005"]

@@ -15,7 +15,7 @@ import os
 import random
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Sequence
 
 import pandas as pd
 import torch
