@@ -156,6 +156,22 @@ if numba is not None:
         return start, below, lists
 
     @_jit
+    def _accumulate_conclusions(occ, a, b, start, below, lists, acc, tlist):
+        """Sum the conclusion lists of occurrences ``occ[a:b]`` into ``acc``; the distinct
+        conclusions go to ``tlist`` in first-seen order. Returns how many there are."""
+        t = 0
+        for i in range(a, b):
+            e = occ[i]
+            s = start[e]
+            for k in range(s, s + below[e]):
+                q = lists[k]
+                if acc[q] == 0:
+                    tlist[t] = q
+                    t += 1
+                acc[q] += 1
+        return t
+
+    @_jit
     def _group(occ, a, b, start, below, lists, min_rule_count, acc, tlist, words, summary, write, at,
                p1, p2, n_premise, beta, out_p1, out_p2, out_q, out_np, out_nr, out_prob):
         """Rules of one premise set from its occurrences ``occ[a:b]`` (entry of its weakest
@@ -180,32 +196,14 @@ if numba is not None:
             return m
         m = 0
         if not write:
-            t = 0
-            for i in range(a, b):
-                e = occ[i]
-                s = start[e]
-                for k in range(s, s + below[e]):
-                    q = lists[k]
-                    if acc[q] == 0:
-                        tlist[t] = q
-                        t += 1
-                    acc[q] += 1
+            t = _accumulate_conclusions(occ, a, b, start, below, lists, acc, tlist)
             for k in range(t):
                 q = tlist[k]
                 if acc[q] >= min_rule_count:
                     m += 1
                 acc[q] = 0
             return m
-        t = 0
-        for i in range(a, b):
-            e = occ[i]
-            s = start[e]
-            for k in range(s, s + below[e]):
-                q = lists[k]
-                if acc[q] == 0:
-                    tlist[t] = q
-                    t += 1
-                acc[q] += 1
+        t = _accumulate_conclusions(occ, a, b, start, below, lists, acc, tlist)
         if t <= _INSERTION_SORT_MAX:  # few conclusions: insertion sort
             for k in range(1, t):
                 q = tlist[k]
