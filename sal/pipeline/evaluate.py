@@ -129,7 +129,7 @@ def run_single(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
         h = summary["human_agreement"]
         print(f"[evaluate] agreement with human labels on {h['n']} rules: raw {h['raw_agreement']:.3f}, "
               f"Cohen's kappa {h['kappa']:.3f}")
-    (out / "sal.json").write_text(json.dumps(summary, indent=2, default=str))
+    # One sal.json, at the run directory's top level, where compare and the demo report look.
     (run_dir / "sal.json").write_text(json.dumps(summary, indent=2, default=str))
     figures = {
         "histograms": plots.plot_category_histograms(probs, out / "fig2_histograms.png", bins=cfg.evaluate.bins,
@@ -162,7 +162,7 @@ def collect_sal(cfg: SALConfig) -> Dict[str, float]:
     found: Dict[str, float] = {}
     dirs: List[Path] = [Path(d) for d in a.run_dirs]
     if a.multirun_dir:
-        dirs += sorted(p.parent for p in Path(a.multirun_dir).rglob("sal.json") if p.parent.name != "evaluate")
+        dirs += sorted(p.parent for p in Path(a.multirun_dir).rglob("sal.json"))
     for d in dirs:
         path = d / "sal.json"
         if not path.exists():
