@@ -19,8 +19,9 @@ Three layers, so that shards can be counted apart and merged exactly:
 
 ``count_rules`` chains them in one process without materialising ``RuleCounts``. The inner
 products are in ``sal.rules.engine``; chunk partial sums go through ``KeyCountAccumulator``.
-When numba is installed, ``count_rules`` instead runs the kernel of ``sal.rules.fast`` (same
-table, ~3x faster, no partial tables), unless its scratch memory exceeds the budget; the
+When the native kernel is built (``sal.rules.native``, C, compiled at install time),
+``count_rules`` instead runs it (same table, several times faster, no partial tables), unless
+its scratch memory exceeds the budget; the
 layers above remain the pure-numpy fallback and the engine of sharded counting.
 """
 
@@ -35,7 +36,7 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from sal.rules import fast
+from sal.rules import native
 from sal.rules._csr import as_layer_count_csr, row_ids
 from sal.rules.accumulate import KeyCountAccumulator, KeySegment, Segment, merge_runs
 from sal.rules.engine import conclusion_rows, frequent_pair_occurrences, premise_matrix, product_segments
@@ -471,9 +472,9 @@ def count_rules(
             (the returned table itself comes on top: 28 bytes per rule).
         spill_dir: where spilled partial tables go (system temp folder when None).
         progress: show tqdm progress bars.
-        engine: ``"auto"`` (the numba kernel of ``sal.rules.fast`` when numba is installed and
+        engine: ``"auto"`` (the native kernel of ``sal.rules.native`` when it is built and
             its scratch memory fits ``memory_budget_gb``, else the chunked sparse products),
-            ``"numba"`` (always the kernel) or ``"numpy"`` (always the chunked products, which
+            ``"native"`` (always the kernel) or ``"numpy"`` (always the chunked products, which
             spill partial tables to disk). All give identical tables.
 
     Returns:
@@ -482,15 +483,15 @@ def count_rules(
     """
     check_filters(beta, min_premise_count, min_rule_count)
     _check_engine(max_premises, chunk_samples, memory_budget_gb)
-    if engine not in ("auto", "numba", "numpy"):
-        raise ValueError(f"engine={engine!r}: choose 'auto', 'numba' or 'numpy'")
-    if engine == "numba" and not fast.available():
-        raise ImportError("engine='numba' needs numba: `pip install numba`, or pass engine='auto' / 'numpy'")
+    if engine not in ("auto", "native", "numpy"):
+        raise ValueError(f"engine={engine!r}: choose 'auto', 'native' or 'numpy'")
+    if engine == "native" and not native.available():
+        raise ImportError(f"engine='native': {native.unavailable_reason()}; or pass engine='auto' / 'numpy'")
     mat = as_layer_count_csr(layer_counts, allowed)  # validate and restrict once
-    if engine == "numba" or (
-        engine == "auto" and fast.available() and fast.scratch_bytes(mat) <= memory_budget_gb * 2**30
+    if engine == "native" or (
+        engine == "auto" and native.available() and native.scratch_bytes(mat) <= memory_budget_gb * 2**30
     ):
-        return fast.count_rules_fast(
+        return native.count_rules_native(
             mat, max_premises=max_premises, beta=beta, min_premise_count=min_premise_count,
             min_rule_count=min_rule_count, progress=progress,
         )

@@ -1,4 +1,4 @@
-"""The numba fast path of count_rules (sal.rules.fast) and its pure-numpy fallback give the same
+"""The native kernel of count_rules (sal.rules.native) and its pure-numpy fallback give the same
 tables as the brute-force reference and as each other."""
 
 import numpy as np
@@ -7,11 +7,11 @@ import pytest
 import scipy.sparse as sp
 from rules_reference import brute_force_rules
 
-import sal.rules.fast as fast
+import sal.rules.native as native
 from sal.rules import count_rules
 
-needs_numba = pytest.mark.skipif(not fast.available(), reason="numba is not installed")
-ENGINES = [pytest.param("numba", marks=needs_numba), "numpy"]
+needs_kernel = pytest.mark.skipif(not native.available(), reason=native.unavailable_reason())
+ENGINES = [pytest.param("native", marks=needs_kernel), "numpy"]
 INT_COLS = ["p1", "p2", "q", "n_premise", "n_rule"]
 
 
@@ -52,7 +52,7 @@ def test_each_engine_matches_brute_force(engine, seed):
     np.testing.assert_allclose(got["prob"].to_numpy(), want["prob"].to_numpy(), rtol=1e-12)
 
 
-@needs_numba
+@needs_kernel
 @pytest.mark.parametrize(
     "n_features, max_count, min_premise_count, min_rule_count",
     [(9000, 4, 1, 1), (9000, 60, 2, 1), (300, 3, 3, 2)],
@@ -65,28 +65,29 @@ def test_kernel_and_fallback_agree_exactly(monkeypatch, n_features, max_count, m
     kwargs = dict(min_premise_count=min_premise_count, min_rule_count=min_rule_count)
     want = count_rules(a, engine="numpy", chunk_samples=64, **kwargs)
     assert len(want) > 1000 and (want["n_rule"] > 1).any() and (want["p2"] == -1).any()
-    pd.testing.assert_frame_equal(count_rules(a, engine="numba", **kwargs), want, check_exact=True)
-    monkeypatch.setattr(fast, "_n_threads", lambda: 1)  # one thread: same table
-    pd.testing.assert_frame_equal(count_rules(a, engine="numba", **kwargs), want, check_exact=True)
+    pd.testing.assert_frame_equal(count_rules(a, engine="native", **kwargs), want, check_exact=True)
+    monkeypatch.setattr(native, "_n_threads", lambda: 1)  # one thread: same table
+    pd.testing.assert_frame_equal(count_rules(a, engine="native", **kwargs), want, check_exact=True)
 
 
 def test_auto_falls_back_to_numpy(monkeypatch):
     rng = np.random.default_rng(3)
     a = skewed_layer_counts(rng, 40, 200, mean_active=10, max_count=3)
     want = count_rules(a, engine="numpy")
-    monkeypatch.setattr(fast, "available", lambda: False)  # as without numba installed
+    monkeypatch.setattr(native, "_LIB", None)  # as where the kernel was not built
+    monkeypatch.setattr(native, "_WHY_NOT", "the native kernel sal/rules/_kernel was not built; rebuild it")
     pd.testing.assert_frame_equal(count_rules(a), want, check_exact=True)
-    with pytest.raises(ImportError, match="pip install numba"):
-        count_rules(a, engine="numba")
+    with pytest.raises(ImportError, match="was not built; rebuild it"):
+        count_rules(a, engine="native")
 
 
-@needs_numba
+@needs_kernel
 def test_auto_uses_the_kernel_within_budget_only(monkeypatch):
     rng = np.random.default_rng(4)
     a = skewed_layer_counts(rng, 40, 200, mean_active=10, max_count=3)
     calls = []
-    original = fast.count_rules_fast
-    monkeypatch.setattr(fast, "count_rules_fast", lambda *args, **kw: (calls.append(1), original(*args, **kw))[1])
+    original = native.count_rules_native
+    monkeypatch.setattr(native, "count_rules_native", lambda *args, **kw: (calls.append(1), original(*args, **kw))[1])
     count_rules(a)
     assert calls == [1]
     count_rules(a, memory_budget_gb=1e-9)  # scratch does not fit: chunked engine
