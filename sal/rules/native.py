@@ -62,10 +62,9 @@ class _ScratchStruct(ctypes.Structure):
         ("n_summary", _I64)]
 
 
-def _load_kernel() -> tuple[ctypes.CDLL | None, str]:
-    """The compiled kernel next to this file, or None and why not."""
-    here = Path(__file__).resolve().parent
-    found = [here / f"_kernel{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+def _load_kernel(directory: Path = Path(__file__).resolve().parent) -> tuple[ctypes.CDLL | None, str]:
+    """The compiled kernel in ``directory`` (this package's), or None and why not."""
+    found = [directory / f"_kernel{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
     found = [path for path in found if path.is_file()]
     if not found:
         return None, f"the native kernel sal/rules/_kernel was not built; {_REBUILD}"

@@ -97,6 +97,8 @@ def test_empty_and_degenerate_inputs():
     assert len(count_rules(np.zeros((5, 4), dtype=int))) == 0
     assert len(count_rules(np.zeros((0, 4), dtype=int))) == 0
     assert len(count_rules(np.ones((6, 4), dtype=int))) == 0  # all tied: nothing strictly below
+    for engine in ("auto", "numpy"):
+        assert len(count_rules(np.zeros((3, 0), dtype=int), engine=engine)) == 0  # no features at all
 
 
 def test_invalid_inputs_explain_the_fix():

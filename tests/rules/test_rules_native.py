@@ -1,6 +1,10 @@
 """The native kernel of count_rules (sal.rules.native) and its pure-numpy fallback give the same
 tables as the brute-force reference and as each other."""
 
+import importlib.machinery
+import shutil
+import subprocess
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -97,3 +101,33 @@ def test_auto_uses_the_kernel_within_budget_only(monkeypatch):
 def test_unknown_engine_is_rejected():
     with pytest.raises(ValueError, match="engine"):
         count_rules(np.ones((2, 2), dtype=int), engine="gpu")
+
+
+def test_missing_kernel_is_reported_with_the_fix(tmp_path):
+    lib, why = native._load_kernel(tmp_path)
+    assert lib is None and "was not built" in why and "make install" in why
+
+
+def test_unloadable_kernel_is_reported(tmp_path):
+    (tmp_path / f"_kernel{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"not a shared object")
+    lib, why = native._load_kernel(tmp_path)
+    assert lib is None and "does not load" in why
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_stale_kernel_is_refused(tmp_path):
+    # a build from an older _kernel.c (other ABI number) must not run against today's structs
+    source = tmp_path / "old.c"
+    source.write_text(f"long long sal_kernel_abi(void) {{ return {native._KERNEL_ABI + 1}; }}\n")
+    target = tmp_path / f"_kernel{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(target), str(source)], check=True)
+    lib, why = native._load_kernel(tmp_path)
+    assert lib is None and "stale" in why
+
+
+def test_the_installed_kernel_loads():
+    # `make install` builds it wherever a C compiler exists (CI included); a silent fallback to
+    # the numpy engine would only show up as a slower benchmark.
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler: the package runs on its numpy engine")
+    assert native.available(), native.unavailable_reason()
