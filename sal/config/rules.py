@@ -53,8 +53,10 @@ class RulesConfig:
     """Samples per chunk of the sparse products (the paper's 3,267 samples fit in one)."""
 
     num_processes: int = 1
-    """Ranks counting shards of the rule set (Lightning Fabric DDP; gloo on CPU). Shards are
-    written under ``<run>/rules/shards`` and a rerun skips finished ones."""
+    """Ranks per node counting shards of the rule set (Lightning Fabric DDP; gloo on CPU); 1 =
+    take ``trainer.devices`` when the trainer uses DDP. ``trainer.num_nodes`` multiplies it. Shards
+    are written under ``<run>/rules/shards`` (a filesystem every node sees) and a rerun skips
+    finished ones."""
 
     spill_dir: str | None = None
     """Folder for spilled partial tables; None = the system temporary folder (or the shards

@@ -90,7 +90,8 @@ def rule_set_layer_counts(cfg: SALConfig, run_dir: Path, model, tokenizer, cc, l
 
 
 def count(cfg: SALConfig, run_dir: Path, layer_counts: sp.csr_matrix, allowed) -> pd.DataFrame | None:
-    """count_rules in-process, or sharded over the trainer's DDP ranks (rank 0 gets the table)."""
+    """count_rules in-process, or sharded over the trainer's DDP ranks on its ``num_nodes`` nodes
+    (global rank 0 gets the table)."""
     from sal.rules import count_rules, run_sharded
 
     r, t = cfg.rules, cfg.trainer
@@ -100,8 +101,9 @@ def count(cfg: SALConfig, run_dir: Path, layer_counts: sp.csr_matrix, allowed) -
     opts = dict(max_premises=r.max_premises, beta=r.beta, min_premise_count=r.min_premise_count,
                 min_rule_count=r.min_rule_count, allowed=allowed, chunk_samples=r.chunk_samples,
                 memory_budget_gb=r.memory_budget_gb)
-    if n_proc > 1:
-        return run_sharded(layer_counts, str(run_dir / "rules"), n_proc, progress=r.progress, **opts)
+    if n_proc > 1 or t.num_nodes > 1:
+        return run_sharded(layer_counts, str(run_dir / "rules"), n_proc, num_nodes=t.num_nodes, progress=r.progress,
+                           **opts)
     return count_rules(layer_counts, spill_dir=r.spill_dir, progress=r.progress, **opts)
 
 

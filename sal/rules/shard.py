@@ -276,8 +276,11 @@ def merge_shards(
     return rules_table(premises, rules, beta=beta, min_premise_count=min_premise_count, min_rule_count=min_rule_count)
 
 
-def make_fabric(num_processes: int, accelerator: str = "cpu", strategy: str = "ddp", timeout_s: float = 6 * 3600):
-    """A Fabric for counting; with DDP on CPU the process group uses gloo."""
+def make_fabric(
+    num_processes: int, accelerator: str = "cpu", strategy: str = "ddp", timeout_s: float = 6 * 3600, num_nodes: int = 1
+):
+    """A Fabric for counting: ``num_processes`` ranks on each of ``num_nodes`` machines (SLURM or
+    torchrun provide the rendezvous across nodes); with DDP on CPU the process group uses gloo."""
     from lightning.fabric import Fabric
     from lightning.fabric.strategies import DDPStrategy
 
@@ -289,7 +292,7 @@ def make_fabric(num_processes: int, accelerator: str = "cpu", strategy: str = "d
         )
     else:
         strategy_obj = strategy
-    return Fabric(accelerator=accelerator, devices=num_processes, strategy=strategy_obj)
+    return Fabric(accelerator=accelerator, devices=num_processes, num_nodes=num_nodes, strategy=strategy_obj)
 
 
 def run_sharded(
@@ -306,17 +309,20 @@ def run_sharded(
     memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
     accelerator: str = "cpu",
     strategy: str = "ddp",
+    num_nodes: int = 1,
     fabric: Any = None,
     progress: bool = False,
 ) -> pd.DataFrame | None:
-    """Count rules over ``num_processes`` Fabric ranks; rank 0 returns the merged table, others None.
+    """Count rules over ``num_processes`` Fabric ranks per node on ``num_nodes`` nodes; global rank 0
+    returns the merged table, others None. ``out_dir`` must be on a filesystem every node sees
+    (rank 0 merges all shard files).
 
     With ``strategy="ddp"`` Fabric relaunches the calling script once per extra rank, so every
     process must reach this call with the same ``layer_counts`` (load them from a file or
     recompute them deterministically). Pass an already launched ``fabric`` to reuse one.
     """
     if fabric is None:
-        fabric = make_fabric(num_processes, accelerator=accelerator, strategy=strategy)
+        fabric = make_fabric(num_processes, accelerator=accelerator, strategy=strategy, num_nodes=num_nodes)
         fabric.launch()
     rank, world_size = fabric.global_rank, fabric.world_size
     mat = as_layer_count_csr(layer_counts, allowed)
