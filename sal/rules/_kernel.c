@@ -31,7 +31,7 @@
 #include <string.h>
 
 /* Bumped whenever a signature or struct below changes; native.py refuses a stale build. */
-#define SAL_KERNEL_ABI 1
+#define SAL_KERNEL_ABI 2
 /* Below this many distinct conclusions an insertion sort orders them faster than the bitset. */
 #define INSERTION_SORT_MAX 32
 
@@ -62,7 +62,7 @@ typedef struct {
     int32_t *tlist;    /* [C] its distinct conclusions */
     int32_t *cnt;      /* [C] occurrences of each second premise */
     int32_t *touched;  /* [C] second premises seen with the current p1 */
-    int32_t *fill;     /* [C] counting-sort cursors */
+    int64_t *fill;     /* [C] counting-sort cursors (up to the gather size, which may pass 2^31) */
     int32_t *occ_p2;   /* [gather] second premise of each pair occurrence */
     int64_t *occ_e;    /* [gather] entry whose list gives its conclusions */
     int64_t *srt_e;    /* [gather] the same, grouped by second premise */
@@ -264,7 +264,8 @@ static int64_t group_rules(const sal_problem *pb, sal_scratch *s, const int64_t 
 void sal_rules_of_block(const sal_problem *pb, sal_scratch *s, int64_t p1_lo, int64_t p1_hi, int32_t write) {
     const int64_t *col_ptr = pb->col_ptr, *indptr = pb->indptr;
     const int32_t *indices = pb->indices, *data = pb->data;
-    int32_t *cnt = s->cnt, *fill = s->fill;
+    int32_t *cnt = s->cnt;
+    int64_t *fill = s->fill;
     int64_t min_pc = pb->min_premise_count;
     for (int64_t p1 = p1_lo; p1 < p1_hi; p1++) {
         int64_t cs = col_ptr[p1], ce = col_ptr[p1 + 1], n_p1 = ce - cs;
@@ -297,7 +298,7 @@ void sal_rules_of_block(const sal_problem *pb, sal_scratch *s, int64_t p1_lo, in
             const int32_t *p2s = s->touched;
             for (int64_t k = 0; k < nt; k++) {
                 int32_t p2 = p2s[k];
-                fill[p2] = (int32_t)off;
+                fill[p2] = off;
                 if (cnt[p2] >= min_pc) off += cnt[p2];
             }
             if (off) /* counting sort of the frequent pairs' occurrences by p2 */

@@ -27,6 +27,7 @@ layers above remain the pure-numpy fallback and the engine of sharded counting.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -488,6 +489,9 @@ def count_rules(
     if engine == "native" and not native.available():
         raise ImportError(f"engine='native': {native.unavailable_reason()}; or pass engine='auto' / 'numpy'")
     mat = as_layer_count_csr(layer_counts, allowed)  # validate and restrict once
+    if engine == "auto" and not native.available():
+        warnings.warn(f"count_rules: {native.unavailable_reason()}. Counting with the numpy engine meanwhile "
+                      "(same table, several times slower).", RuntimeWarning, stacklevel=2)
     if engine == "native" or (
         engine == "auto" and native.available() and native.scratch_bytes(mat) <= memory_budget_gb * 2**30
     ):

@@ -33,7 +33,7 @@ from sal.rules.table import RULE_COLUMNS, empty_column
 __all__ = ["available", "unavailable_reason", "scratch_bytes", "count_rules_native"]
 
 # Must equal SAL_KERNEL_ABI in _kernel.c: a build older than the source is refused, not run.
-_KERNEL_ABI = 1
+_KERNEL_ABI = 2
 # First premises per kernel call: enough to amortise the call, small enough for a progress bar
 # and for balancing the threads.
 _P1_PER_BLOCK = 512
@@ -123,7 +123,7 @@ def scratch_bytes(mat: sp.csr_matrix) -> int:
     """Working memory of the fast path beyond the input and the output table."""
     c = mat.shape[1]
     gather = int(_row_len_sums(mat).max()) if mat.nnz else 0
-    per_thread = 4 * 5 * c + 20 * gather
+    per_thread = 4 * 4 * c + 8 * c + 20 * gather
     # CSC copy, per-entry list starts and sizes, and the conclusion lists (at most the sum of
     # the squared row lengths; about row length x distinct layer counts per sample)
     row_len = np.diff(mat.indptr).astype(np.int64)
@@ -134,7 +134,8 @@ class _Scratch:
     """Per-thread working arrays of ``sal_rules_of_block`` (zero between calls)."""
 
     def __init__(self, c: int, gather: int):
-        self.acc, self.tlist, self.cnt, self.touched, self.fill = (np.zeros(c, np.int32) for _ in range(5))
+        self.acc, self.tlist, self.cnt, self.touched = (np.zeros(c, np.int32) for _ in range(4))
+        self.fill = np.zeros(c, np.int64)
         self.occ_p2 = np.empty(max(gather, 1), np.int32)
         self.occ_e, self.srt_e = np.empty(max(gather, 1), np.int64), np.empty(max(gather, 1), np.int64)
         n_words = max(1, -(-c // 64))
