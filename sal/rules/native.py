@@ -62,7 +62,10 @@ class _ScratchStruct(ctypes.Structure):
         ("n_summary", _I64)]
 
 
-def _load_kernel(directory: Path = Path(__file__).resolve().parent) -> tuple[ctypes.CDLL | None, str]:
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _load_kernel(directory: Path = _PACKAGE_DIR) -> tuple[ctypes.CDLL | None, str]:
     """The compiled kernel in ``directory`` (this package's), or None and why not."""
     found = [directory / f"_kernel{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
     found = [path for path in found if path.is_file()]

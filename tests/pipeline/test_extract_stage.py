@@ -21,8 +21,8 @@ def calls(monkeypatch):
     return seen
 
 
-def _count(tmp_path, trainer: TrainerConfig, rules: RulesConfig = RulesConfig()):
-    cfg = SimpleNamespace(rules=rules, trainer=trainer)
+def _count(tmp_path, trainer: TrainerConfig):
+    cfg = SimpleNamespace(rules=RulesConfig(), trainer=trainer)
     extract.count(cfg, tmp_path, sp.csr_matrix(np.eye(3, dtype=np.int32)), allowed=None)
 
 
