@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 DECODER_NORMS = ("l2", "l1")
+MSE_REDUCTIONS = ("sum", "mean")
 ARCHS = ("relu", "topk")
 FORMAT_VERSION = 1
 
@@ -98,6 +99,12 @@ class Crosscoder(nn.Module):
             (proportional to decoder norms) starts small (Anthropic's April 2024 update
             uses 0.05-1 for the same reason).
         seed: seed of the random decoder directions (None: torch's global generator).
+        mse_reduction: ``"sum"`` (default): ``mse`` sums the squared error over layers and
+            dimensions (mean over tokens); ``"mean"``: it also averages over the L * D entries,
+            the paper's "mean squared reconstruction error" reading of Eq. 6. The two differ
+            in the scale of the sparsity coefficient: ``mean`` with alpha is ``sum`` with
+            alpha * L * D divided by L * D, which Adam would not see but gradient clipping does,
+            so the two train alike, not identically.
     """
 
     arch = "relu"
@@ -110,10 +117,14 @@ class Crosscoder(nn.Module):
         decoder_norm: str = "l2",
         init_decoder_norm: float = 0.1,
         seed: int | None = 0,
+        mse_reduction: str = "sum",
     ) -> None:
         super().__init__()
         if decoder_norm not in DECODER_NORMS:
             raise ValueError(f"decoder_norm={decoder_norm!r}: choose one of {DECODER_NORMS}.")
+        if mse_reduction not in MSE_REDUCTIONS:
+            raise ValueError(f"mse_reduction={mse_reduction!r}: choose one of {MSE_REDUCTIONS}.")
+        self.mse_reduction = mse_reduction
         for name, value in (("n_layers", n_layers), ("d_model", d_model), ("n_features", n_features)):
             if int(value) < 1:
                 raise ValueError(f"{name}={value}: must be a positive integer.")
@@ -244,6 +255,8 @@ class Crosscoder(nn.Module):
         feats_LBC = self._encode_LBC(x_BLD)
         recon_BLD = self._decode_LBC(feats_LBC)
         mse = (_acc(recon_BLD) - _acc(x_BLD)).pow(2).sum() / n_tokens
+        if self.mse_reduction == "mean":
+            mse = mse / (self.n_layers * self.d_model)
         sparsity = self._sparsity(feats_LBC, n_tokens)
         total = mse + sparsity_coef * sparsity
         zero = mse.new_zeros(())
@@ -260,6 +273,7 @@ class Crosscoder(nn.Module):
             "n_features": self.n_features,
             "decoder_norm": self.decoder_norm,
             "init_decoder_norm": self.init_decoder_norm,
+            "mse_reduction": self.mse_reduction,
             "activation_scales": [float(s) for s in self.act_scale.tolist()],
             "scales_fitted": bool(self.scales_fitted),
             "scales_folded": bool(self.scales_folded),
@@ -268,7 +282,7 @@ class Crosscoder(nn.Module):
     @classmethod
     def _from_config_dict(cls, cfg: dict[str, Any]) -> "Crosscoder":
         return cls(cfg["n_layers"], cfg["d_model"], cfg["n_features"], cfg.get("decoder_norm", "l2"),
-                   cfg.get("init_decoder_norm", 0.1), seed=None)
+                   cfg.get("init_decoder_norm", 0.1), seed=None, mse_reduction=cfg.get("mse_reduction", "sum"))
 
     def save_pretrained(self, path: str | os.PathLike, extra_config: dict[str, Any] | None = None,
                         fold_scales: bool = False) -> Path:
@@ -488,7 +502,8 @@ def estimate_activation_scales(batches: Iterable[Tensor], max_tokens: int | None
 def build_crosscoder(cfg, n_layers: int, d_model: int, seed: int | None = 0) -> Crosscoder:
     """A crosscoder from a ``CrosscoderConfig`` (duck-typed: arch, n_features, ...)."""
     if cfg.arch == "relu":
-        return Crosscoder(n_layers, d_model, cfg.n_features, cfg.decoder_norm, cfg.init_decoder_norm, seed=seed)
+        return Crosscoder(n_layers, d_model, cfg.n_features, cfg.decoder_norm, cfg.init_decoder_norm, seed=seed,
+                          mse_reduction=cfg.mse_reduction)
     if cfg.arch == "topk":
         return TopKCrosscoder(n_layers, d_model, cfg.n_features, k=cfg.k, topk_mode=cfg.topk_mode, aux_k=cfg.aux_k,
                               aux_coef=cfg.aux_coef, decoder_norm=cfg.decoder_norm,

@@ -57,6 +57,8 @@ def test_custom_layers():
     (["sparsity=-1e-3"], "sparsity=-0.001 is negative"),
     (["optim.max_steps=0"], "optim.max_steps=0"),
     (["crosscoder.decoder_norm=l3"], "crosscoder.decoder_norm='l3'"),
+    (["crosscoder.mse_reduction=avg"], "crosscoder.mse_reduction='avg'"),
+    (["crosscoder=topk", "crosscoder.mse_reduction=mean"], "applies to arch=relu only"),
 ])
 def test_bad_values_fail_validation_with_the_fix(overrides, message):
     with pytest.raises(ValueError, match=message):

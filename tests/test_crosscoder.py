@@ -50,6 +50,21 @@ def test_loss_equals_formula_computed_by_hand(decoder_norm):
     assert (out.feats_BLC > 0).any() and (out.feats_BLC == 0).any()  # ReLU active on both sides
 
 
+def test_mean_reduction_averages_the_squared_error_over_layers_and_dimensions(tmp_path):
+    cc = _random_crosscoder()
+    cc.mse_reduction = "mean"
+    x = torch.randn(B, L, D, dtype=torch.float64)
+    out = cc.loss(x, sparsity_coef=0.37)
+    mse_sum, sparsity, _ = _loss_by_hand(cc, x, 0.37)
+    assert out.mse.item() == pytest.approx(mse_sum / (L * D), rel=1e-9)
+    assert out.sparsity.item() == pytest.approx(sparsity, rel=1e-9)  # the penalty is unchanged
+    assert out.total.item() == pytest.approx(mse_sum / (L * D) + 0.37 * sparsity, rel=1e-9)
+    cc.save_pretrained(tmp_path / "export")
+    assert Crosscoder.from_pretrained(tmp_path / "export").mse_reduction == "mean"
+    with pytest.raises(ValueError, match="mse_reduction"):
+        Crosscoder(L, D, C, mse_reduction="avg")
+
+
 def test_l1_and_l2_norms_differ():
     x = torch.randn(B, L, D, dtype=torch.float64)
     s2 = _random_crosscoder("l2").loss(x, 1.0).sparsity

@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 
 _ARCHS = ("relu", "topk")
 _NORMS = ("l2", "l1")
+_MSE_REDUCTIONS = ("sum", "mean")
 _TOPK_MODES = ("token", "batch")
 
 
@@ -22,6 +23,11 @@ class CrosscoderConfig:
     """Norm of decoder rows in the sparsity penalty: l2 (Lindsey et al.) | l1 (literal Eq. 6)."""
     sparsity_coef: float = 5e-3
     """Final sparsity coefficient alpha (paper: 5e-3; 3e-3 for Qwen2.5-14B). Ignored by topk."""
+    mse_reduction: str = "sum"
+    """relu: the reconstruction term of the loss. sum = squared error summed over layers and
+    dimensions (mean over tokens); mean = also averaged over the L * D entries (the paper's
+    "mean squared reconstruction error"), which makes alpha worth L * D times more: with it the
+    paper's 5e-3 gives a sparse crosscoder, with sum it gives an almost dense one (README)."""
     init_decoder_norm: float = 0.1
     """Norm of each decoder row at initialisation (random directions; encoder = transpose)."""
     normalise: bool = True
@@ -47,6 +53,11 @@ class CrosscoderConfig:
             raise ValueError(f"crosscoder.arch={self.arch!r}: choose one of {_ARCHS}.")
         if self.decoder_norm not in _NORMS:
             raise ValueError(f"crosscoder.decoder_norm={self.decoder_norm!r}: choose one of {_NORMS}.")
+        if self.mse_reduction not in _MSE_REDUCTIONS:
+            raise ValueError(f"crosscoder.mse_reduction={self.mse_reduction!r}: choose one of {_MSE_REDUCTIONS}.")
+        if self.mse_reduction != "sum" and self.arch != "relu":
+            raise ValueError(f"crosscoder.mse_reduction={self.mse_reduction!r} applies to arch=relu only (arch="
+                             f"{self.arch!r} has no sparsity coefficient to weigh against it); leave it at 'sum'.")
         if self.n_features < 1:
             raise ValueError(f"crosscoder.n_features={self.n_features}: must be >= 1 (paper: 32768).")
         if self.sparsity_coef < 0:
