@@ -119,7 +119,7 @@ def _n_threads() -> int:
         n_cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         n_cpus = os.cpu_count() or 1
-    return max(1, min(8, n_cpus))
+    return max(1, min(32, n_cpus))
 
 
 def scratch_bytes(mat: sp.csr_matrix) -> int:
