@@ -78,11 +78,7 @@ static int cmp_int32(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static void sort_int32(int32_t *v, int64_t n) {
-    if (n > 48) {
-        qsort(v, (size_t)n, sizeof(int32_t), cmp_int32);
-        return;
-    }
+static void insertion_sort_int32(int32_t *v, int64_t n) {
     for (int64_t k = 1; k < n; k++) {
         int32_t x = v[k];
         int64_t i = k - 1;
@@ -92,6 +88,13 @@ static void sort_int32(int32_t *v, int64_t n) {
         }
         v[i + 1] = x;
     }
+}
+
+static void sort_int32(int32_t *v, int64_t n) {
+    if (n > 48)
+        qsort(v, (size_t)n, sizeof(int32_t), cmp_int32);
+    else
+        insertion_sort_int32(v, n);
 }
 
 /* Number of entries of sorted v[0:n] below x (numpy's searchsorted, side="left"). */
@@ -231,15 +234,7 @@ static int64_t group_rules(const sal_problem *pb, sal_scratch *s, const int64_t 
         return m;
     }
     if (t <= INSERTION_SORT_MAX) {
-        for (int64_t k = 1; k < t; k++) {
-            int32_t q = tlist[k];
-            int64_t i = k - 1;
-            while (i >= 0 && tlist[i] > q) {
-                tlist[i + 1] = tlist[i];
-                i--;
-            }
-            tlist[i + 1] = q;
-        }
+        insertion_sort_int32(tlist, t);
     } else { /* many: order them through the bitset, linear in their number */
         for (int64_t k = 0; k < t; k++) bitset_add(s, tlist[k]);
         t = bitset_drain(s, tlist);
