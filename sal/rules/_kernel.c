@@ -31,7 +31,7 @@
 #include <string.h>
 
 /* Bumped whenever a signature or struct below changes; native.py refuses a stale build. */
-#define SAL_KERNEL_ABI 2
+#define SAL_KERNEL_ABI 3
 /* Below this many distinct conclusions an insertion sort orders them faster than the bitset. */
 #define INSERTION_SORT_MAX 32
 
@@ -110,12 +110,14 @@ static int32_t count_below(const int32_t *v, int64_t n, int32_t x) {
     return (int32_t)lo;
 }
 
-/* Total length of the conclusion lists: one list per distinct value above a row's minimum.
- * `vals` is scratch of the longest row's length. */
-int64_t sal_conclusion_lists_size(int64_t n_rows, const int64_t *indptr, const int32_t *data, int32_t *vals) {
+/* Sorts each row's layer counts into `sorted` (nnz entries, rows at the CSR offsets) and
+ * returns the total length of the conclusion lists: one list per distinct value above a
+ * row's minimum. */
+int64_t sal_conclusion_lists_size(int64_t n_rows, const int64_t *indptr, const int32_t *data, int32_t *sorted) {
     int64_t size = 0;
     for (int64_t n = 0; n < n_rows; n++) {
         int64_t a = indptr[n], len = indptr[n + 1] - a;
+        int32_t *vals = sorted + a;
         memcpy(vals, data + a, (size_t)len * sizeof(int32_t));
         sort_int32(vals, len);
         for (int64_t i = 1; i < len; i++)
@@ -126,14 +128,13 @@ int64_t sal_conclusion_lists_size(int64_t n_rows, const int64_t *indptr, const i
 
 /* Per entry (sample n, feature c): the features q of n with a_q < a_c, in feature order, as
  * lists[start[e] : start[e] + below[e]]; entries of one sample with equal layer counts share
- * one list. `start` must come zeroed. */
+ * one list. `sorted` comes from sal_conclusion_lists_size; `start` must come zeroed. */
 void sal_conclusion_lists(int64_t n_rows, const int64_t *indptr, const int32_t *indices, const int32_t *data,
-                          int64_t *start, int32_t *below, int32_t *lists, int32_t *vals) {
+                          int64_t *start, int32_t *below, int32_t *lists, const int32_t *sorted) {
     int64_t pos = 0;
     for (int64_t n = 0; n < n_rows; n++) {
         int64_t a = indptr[n], b = indptr[n + 1], len = b - a;
-        memcpy(vals, data + a, (size_t)len * sizeof(int32_t));
-        sort_int32(vals, len);
+        const int32_t *vals = sorted + a;
         for (int64_t j = a; j < b; j++) below[j] = count_below(vals, len, data[j]);
         for (int64_t i = 1; i < len; i++) {
             if (vals[i] == vals[i - 1]) continue;

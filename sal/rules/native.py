@@ -33,7 +33,7 @@ from sal.rules.table import RULE_COLUMNS, empty_column
 __all__ = ["available", "unavailable_reason", "scratch_bytes", "count_rules_native"]
 
 # Must equal SAL_KERNEL_ABI in _kernel.c: a build older than the source is refused, not run.
-_KERNEL_ABI = 2
+_KERNEL_ABI = 3
 # First premises per kernel call: enough to amortise the call, small enough for a progress bar
 # and for balancing the threads.
 _P1_PER_BLOCK = 512
@@ -127,10 +127,10 @@ def scratch_bytes(mat: sp.csr_matrix) -> int:
     c = mat.shape[1]
     gather = int(_row_len_sums(mat).max()) if mat.nnz else 0
     per_thread = 4 * 4 * c + 8 * c + 20 * gather
-    # CSC copy, per-entry list starts and sizes, and the conclusion lists (at most the sum of
-    # the squared row lengths; about row length x distinct layer counts per sample)
+    # CSC copy, sorted rows, per-entry list starts and sizes, and the conclusion lists (at most
+    # the sum of the squared row lengths; about row length x distinct layer counts per sample)
     row_len = np.diff(mat.indptr).astype(np.int64)
-    return 36 * mat.nnz + 8 * (c + 1) + 4 * int((row_len * row_len).sum()) // 2 + _n_threads() * per_thread
+    return 40 * mat.nnz + 8 * (c + 1) + 4 * int((row_len * row_len).sum()) // 2 + _n_threads() * per_thread
 
 
 class _Scratch:
@@ -165,13 +165,13 @@ def _balanced_blocks(work: np.ndarray, n_blocks: int) -> list[tuple[int, int]]:
 def _conclusion_lists(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray):
     """(start, below, lists) of ``sal_conclusion_lists``: per CSR entry, its conclusion list."""
     n_rows = len(indptr) - 1
-    vals = np.empty(max(1, int(np.diff(indptr).max(initial=0))), np.int32)
-    size = _LIB.sal_conclusion_lists_size(n_rows, _ptr(indptr), _ptr(data), _ptr(vals))
+    sorted_rows = np.empty(max(len(data), 1), np.int32)  # each row's layer counts, sorted once
+    size = _LIB.sal_conclusion_lists_size(n_rows, _ptr(indptr), _ptr(data), _ptr(sorted_rows))
     start = np.zeros(len(indices), np.int64)
     below = np.zeros(len(indices), np.int32)
     lists = np.empty(max(size, 1), np.int32)
     _LIB.sal_conclusion_lists(n_rows, _ptr(indptr), _ptr(indices), _ptr(data), _ptr(start), _ptr(below),
-                              _ptr(lists), _ptr(vals))
+                              _ptr(lists), _ptr(sorted_rows))
     return start, below, lists
 
 
