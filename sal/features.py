@@ -35,8 +35,13 @@ def feature_pass(
     max_seq_len: int,
     batch_docs: int = 8,
     desc: str = "feature pass",
+    cached: dict | None = None,
 ) -> Iterator[FeatureBatch]:
-    """Yield crosscoder features for ``texts`` in batches of ``batch_docs`` documents."""
+    """Yield crosscoder features for ``texts`` in batches of ``batch_docs`` documents.
+
+    ``cached`` (from sal.training.cache.cached_token_activations): the residual stream of
+    these documents by (document, position), saved while training; a batch whose valid
+    positions it all holds skips the subject model."""
     device = next(crosscoder.parameters()).device
     special = special_token_ids(tokenizer)
     tokenizer.padding_side = "right"
@@ -46,12 +51,32 @@ def feature_pass(
         enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_seq_len)
         ids = enc["input_ids"].to(model.device)
         attn = enc["attention_mask"].to(model.device)
-        acts_BTLD = residual_stream(model, ids, attn, layers)
         mask_BT = valid_token_mask(ids, attn, special)
-        B, T, L, D = acts_BTLD.shape
+        B, T = ids.shape
+        acts_NLD = _cached_rows(cached, start, mask_BT.cpu()) if cached is not None else None
+        if acts_NLD is None:
+            acts_NLD = residual_stream(model, ids, attn, layers)[mask_BT]
         with torch.no_grad():
-            acts_NLD = acts_BTLD[mask_BT].to(device=device, dtype=crosscoder.W_enc.dtype)
-            feats_NLC = crosscoder.features(acts_NLD)
+            feats_NLC = crosscoder.features(acts_NLD.to(device=device, dtype=crosscoder.W_enc.dtype))
+        L = feats_NLC.shape[1]
         feats_BTLC = feats_NLC.new_zeros(B, T, L, feats_NLC.shape[-1])
         feats_BTLC[mask_BT.to(device)] = feats_NLC
         yield FeatureBatch(torch.arange(start, start + len(chunk)), ids.cpu(), mask_BT.cpu(), feats_BTLC)
+
+
+def _cached_rows(cached: dict, first_doc: int, mask_BT: torch.Tensor) -> torch.Tensor | None:
+    """The cached activations of a batch's valid positions, in mask order; None when any is
+    missing (e.g. the cache truncated the document shorter)."""
+    parts = []
+    for b in range(mask_BT.shape[0]):
+        want = mask_BT[b].nonzero().squeeze(1)
+        if want.numel() == 0:
+            continue
+        positions, acts = cached.get(first_doc + b, (None, None))
+        if positions is None:
+            return None
+        idx = torch.searchsorted(positions, want)
+        if bool((idx >= positions.numel()).any()) or not torch.equal(positions[idx.clamp_max(positions.numel() - 1)], want):
+            return None
+        parts.append(acts[idx])
+    return torch.cat(parts) if parts else None

@@ -3,6 +3,8 @@ random Llama for tests. Everything returns ``(model, tokenizer)`` in eval mode."
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.metadata
 import importlib.util
 import logging
@@ -15,6 +17,7 @@ from typing import Tuple
 import torch
 
 from sal.config.model import ModelConfig
+from sal.hardware import log_choice, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,30 @@ def gguf_cache_dir(cfg: ModelConfig) -> Path:
     return cache_root() / "models" / f"{cfg.name}-sal{__version__}-{cfg.gguf_package}{pkg_version}"
 
 
+@contextlib.contextmanager
+def _one_gguf_parse():
+    """Conversion without transformers' repeated work, ~20 s of a ~45 s conversion on a small
+    CPU: it parses the GGUF file three times (tokenizer, config, weights; mostly the
+    49k-entry vocabulary) and rebuilds the same tensor-name table once per module. Inside
+    this block every parse of the same file returns the first reader (it only memory-maps
+    the file and is not changed by reading), and each name table is built once."""
+    import gguf
+
+    real, real_names, readers = gguf.GGUFReader, gguf.get_tensor_name_map, {}
+
+    def cached(path, *args, **kwargs):
+        key = (str(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = real(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = cached, functools.lru_cache(maxsize=None)(real_names)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = real, real_names
+
+
 def convert_gguf(cfg: ModelConfig) -> Path:
     """Dequantise the packaged GGUF once into a plain HF directory; later loads read it.
 
@@ -72,8 +99,9 @@ def convert_gguf(cfg: ModelConfig) -> Path:
     if not gguf_path.exists():
         raise FileNotFoundError(f"{gguf_path} not found: is {cfg.gguf_package} the right version?")
     log.info("Converting %s to a HF directory in %s (once)", gguf_path.name, target)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=cfg.gguf_file)
-    gguf_model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=cfg.gguf_file)
+    with _one_gguf_parse():
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=cfg.gguf_file)
+        gguf_model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=cfg.gguf_file)
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -145,7 +173,10 @@ def load_subject_model(cfg: ModelConfig) -> Tuple[torch.nn.Module, object]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     cfg.validate()
-    dtype = _DTYPES[cfg.dtype]
+    dtype_name = resolve_dtype(cfg.dtype, cfg.device)
+    if cfg.dtype != dtype_name:  # the stages log their choice at start; direct callers learn it here
+        log_choice(f"model {cfg.name}", cfg.dtype, dtype_name, cfg.device, log)
+    dtype = _DTYPES[dtype_name]
     if cfg.source == "tiny":
         model, tokenizer = _tiny_model(cfg)
     else:
@@ -177,18 +208,19 @@ def conf_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "conf"
 
 
-def named_model_config(name: str) -> ModelConfig:
-    """The ModelConfig of ``conf/model/<name>.yaml``, typed and checked."""
+def named_model_config(name: str, **overrides) -> ModelConfig:
+    """The ModelConfig of ``conf/model/<name>.yaml``, typed and checked; ``overrides``
+    replace fields (e.g. the judge's own dtype)."""
     from omegaconf import OmegaConf
 
     path = conf_dir() / "model" / f"{name}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
         raise FileNotFoundError(f"No model file conf/model/{name}.yaml; known models: {known}.")
-    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))
+    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path), overrides)
     return OmegaConf.to_object(merged)
 
 
-def load_named_model(name: str):
+def load_named_model(name: str, **overrides):
     """(model, tokenizer) of a model file by name, e.g. the hf_local judge's model."""
-    return load_subject_model(named_model_config(name))
+    return load_subject_model(named_model_config(name, **overrides))

@@ -104,8 +104,18 @@ def write_compare_report(path: Path, comp, figures: Mapping[str, Path]) -> Path:
     return path
 
 
-def write_demo_report(path: Path, runs: Mapping[str, Path]) -> Path:
-    """Side-by-side report of the subject model and its null (random-weights) control."""
+def format_timings(timings, total_s: float, hardware: str) -> str:
+    """Markdown table of the demo's per-stage wall times."""
+    lines = ["## Wall time per stage\n", f"Measured on: {hardware}.\n", "| run | stage | wall time |", "|---|---|---|"]
+    lines += [f"| {label} | {stage} | {seconds:.0f} s |" for label, stage, seconds in timings]
+    lines.append(f"| **total** (with start-up and the report) | | **{total_s:.0f} s ({total_s / 60:.1f} min)** |")
+    return "\n".join(lines) + "\n"
+
+
+def write_demo_report(path: Path, runs: Mapping[str, Path], timings=(), total_s: float | None = None,
+                      hardware: str = "") -> Path:
+    """Side-by-side report of the subject model and its null (random-weights) control, and
+    the wall time of each stage when given."""
     path = Path(path)
     parts = ["# SAL on the offline default\n",
              "Subject model SmolLM2-135M-Instruct on packaged MATH/GSM8K data, next to the same "
@@ -126,5 +136,8 @@ def write_demo_report(path: Path, runs: Mapping[str, Path]) -> Path:
                    f"![histograms]({_rel(ev / 'fig2_histograms.png', path.parent)})\n",
                    f"![pairwise JSD]({_rel(ev / 'fig3_pairwise_jsd.png', path.parent)})\n",
                    f"Full report: [{_rel(ev / 'report.md', path.parent)}]({_rel(ev / 'report.md', path.parent)})\n"]
+    if timings:
+        blocks += ["\n" + format_timings(timings, total_s if total_s is not None else sum(t for *_, t in timings),
+                                         hardware or "unrecorded hardware")]
     path.write_text("\n".join(parts + blocks))
     return path

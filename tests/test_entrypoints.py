@@ -103,3 +103,31 @@ def test_sweep_writes_one_directory_per_job(tmp_path):
     coefs = [json.loads((j / "crosscoder" / "config.json").read_text())["training"]["crosscoder"]["sparsity_coef"]
              for j in jobs]
     assert coefs == [1e-3, 5e-3]
+
+
+def test_demo_runs_six_stages_in_one_process_and_reports_their_wall_times(tmp_path, monkeypatch, capsys):
+    import hashlib
+
+    from sal import demo
+    from sal.judge.hf_local import HFLocalJudge
+
+    def varied_scores(self, prompts, prefix, choices):  # a random model's labels are all alike
+        return [[hashlib.sha256((p + c).encode()).digest()[0] / 255 for c in choices] for p in prompts]
+
+    monkeypatch.setattr(HFLocalJudge, "_choice_logliks", varied_scores)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    argv = ["model=tiny-random", f"paths.runs_root={tmp_path}/runs", f"paths.cache_dir={tmp_path}/cache",
+            "logger=csv", "judge.hf_model=tiny-random", "evaluate.n_rules_per_arity=10",
+            "evaluate.min_rules_per_category=1", "evaluate.n_bootstrap=20", "evaluate.n_permutations=20"]
+    assert demo.main(argv) == 0
+    report = (tmp_path / "runs" / "demo_report.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| ") and line.endswith(" s |")]
+    stages = [(r.split("|")[1].strip(), r.split("|")[2].strip()) for r in rows]
+    assert stages == [(label, stage) for label in demo.RUNS for stage in demo.STAGES]
+    assert "| **total**" in report and "CPU capability" in report
+    for run in ("default", "null_model"):
+        run_dir = tmp_path / "runs" / "tiny-random" / run
+        assert (run_dir / "sal.json").exists()
+        # each stage kept its own Hydra log file, as when run as a command
+        assert all((run_dir / f"{s}.log").exists() for s in ("train", "extract_rules", "evaluate"))
+    assert "Wall time per stage" in capsys.readouterr().out

@@ -92,8 +92,10 @@ class JudgeConfig:
     hf_device: str = "cpu"
     """hf_local: torch device for the local judge model."""
 
-    hf_dtype: str = "float32"
-    """hf_local: torch dtype name used when this config loads the model."""
+    hf_dtype: str = "auto"
+    """hf_local: dtype of the judge model: auto | float32 | bfloat16 | float16. auto is
+    bfloat16 on a GPU or a CPU with native bf16 and float32 elsewhere (sal.hardware);
+    validation replaces it by the resolved name."""
 
     hf_max_new_tokens: int = 48
     """hf_local: greedy-generation budget for an explanation's text (labels are chosen by
@@ -108,6 +110,11 @@ class JudgeConfig:
     log-likelihood under a content-free prompt (same template, slots "N/A") and the
     label is the answer with the largest difference. False keeps the raw argmax of
     log-likelihood. Part of the cache key: calibrated and raw labels never mix."""
+
+    hf_batch_size: int = 8
+    """hf_local: rules (or verifications) scored in one batched forward. Batching pays on
+    CPUs as on GPUs: one forward over 8 prompts costs far less than 8 forwards. Labels do
+    not depend on it."""
 
     hf_threads: Optional[int] = None
     """hf_local: torch intra-op threads while the judge runs (restored afterwards); 1 is
@@ -157,8 +164,12 @@ class JudgeConfig:
             raise bad("max_parse_retries", self.max_parse_retries, "use 0 or more")
         if self.price_per_1k_prompt < 0 or self.price_per_1k_completion < 0:
             raise bad("price_per_1k_prompt", self.price_per_1k_prompt, "prices cannot be negative")
+        if self.hf_dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise bad("hf_dtype", self.hf_dtype, "choose auto, float32, bfloat16 or float16")
         if self.hf_max_new_tokens < 1:
             raise bad("hf_max_new_tokens", self.hf_max_new_tokens, "use a positive integer")
+        if self.hf_batch_size < 1:
+            raise bad("hf_batch_size", self.hf_batch_size, "use a positive number of items")
         if self.hf_threads is not None and self.hf_threads < 1:
             raise bad("hf_threads", self.hf_threads, "use a positive thread count or null")
         if self.lexical_max_ngram < 1:

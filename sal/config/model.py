@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional
 
 _SOURCES = ("hub", "local", "gguf", "tiny")
 _INITS = ("pretrained", "random")
-_DTYPES = ("float32", "bfloat16", "float16")
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -35,8 +35,10 @@ class ModelConfig:
     """Number of decoder blocks; known here so layer choice resolves without network."""
     d_model: int = 576
     """Residual-stream width."""
-    dtype: str = "float32"
-    """Weights dtype for activation work: float32 | bfloat16 | float16."""
+    dtype: str = "auto"
+    """Weights dtype for generation and activation work: auto | float32 | bfloat16 |
+    float16. auto is bfloat16 on a GPU or a CPU with native bf16 and float32 elsewhere
+    (sal.hardware); validation replaces it by the resolved name."""
     device: str = "auto"
     """auto (cuda when available, else cpu), cpu, cuda, cuda:N."""
     default_sparsity: float = 5e-3

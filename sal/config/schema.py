@@ -99,6 +99,15 @@ def resolve_auto_trainer(trainer: TrainerConfig) -> None:
         trainer.precision = "bf16-mixed" if gpu else "32-true"
 
 
+def resolve_auto_dtypes(cfg: SALConfig) -> None:
+    """dtype=auto for the subject model and the hf_local judge: the hardware decides
+    (bfloat16 on a GPU or a CPU with native bf16, float32 elsewhere; sal.hardware)."""
+    from sal.hardware import resolve_dtype
+
+    cfg.model.dtype = resolve_dtype(cfg.model.dtype, cfg.model.device)
+    cfg.judge.hf_dtype = resolve_dtype(cfg.judge.hf_dtype, cfg.judge.hf_device)
+
+
 def validate_config(cfg) -> SALConfig:
     """Typed, checked view of a composed config; raises ValueError naming the fix.
 
@@ -118,4 +127,5 @@ def validate_config(cfg) -> SALConfig:
         sub = getattr(obj, name)
         if hasattr(sub, "validate"):
             sub.validate()
+    resolve_auto_dtypes(obj)
     return obj

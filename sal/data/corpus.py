@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Callable, List, Sequence
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from sal.config.data import DataConfig, GenerationConfig
@@ -37,7 +36,8 @@ def _digest(obj) -> str:
 
 def corpus_key(model: ModelConfig, data: DataConfig, kind: str) -> str:
     """Directory name for one (responding model, question set, generation settings)."""
-    ident = {"model": [model.name, model.hub_id, model.source, model.init, model.seed, model.revision],
+    # The dtype is part of the writer: bf16 and fp32 logits sample different responses.
+    ident = {"model": [model.name, model.hub_id, model.source, model.init, model.seed, model.revision, model.dtype],
              "kind": kind, "generation": asdict(data.generation), "seed": data.seed}
     if kind == "corpus":
         ident.update(sources=list(data.sources), max_questions=data.max_questions)
@@ -86,24 +86,21 @@ Generator = Callable[[List[str], int], List[str]]
 
 
 def hf_generator(model, tokenizer, gen: GenerationConfig) -> Generator:
-    """Batched ``generate`` with left padding (decoder-only models pad on the left)."""
+    """Batched temperature + top-p sampling with a transformers model (sal.data.sampling:
+    the distribution of `generate(do_sample=True, ...)`, its shared prompt head computed
+    once). Sampling is exactly temperature + top-p: extras in a model's generation_config
+    (repetition penalty, top-k) are not applied."""
+    from sal.data.sampling import sample_batch
+
+    eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
+    eos = eos if eos is not None else tokenizer.eos_token_id
+    eos_ids = [e for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
 
     def run(prompts: List[str], batch_index: int) -> List[str]:
-        tokenizer.padding_side = "left"
-        enc = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
-        torch.manual_seed(gen.seed + batch_index)
-        sample = gen.temperature > 0
-        with torch.no_grad():
-            out = model.generate(
-                **enc,
-                max_new_tokens=gen.max_new_tokens,
-                do_sample=sample,
-                temperature=gen.temperature if sample else None,
-                top_p=gen.top_p if sample else None,
-                top_k=None,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        new = out[:, enc["input_ids"].shape[1]:]
+        ids = [list(x) for x in tokenizer(list(prompts))["input_ids"]]
+        new = sample_batch(model, ids, gen.max_new_tokens, gen.temperature, gen.top_p, gen.seed + batch_index,
+                           eos_ids, pad_id)
         return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     return run
@@ -125,7 +122,7 @@ def vllm_generator(model_path: str, gen: GenerationConfig, dtype: str = "bfloat1
     return run
 
 
-def _write_atomic(df: pd.DataFrame, path: Path) -> None:
+def write_atomic(df: pd.DataFrame, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     df.to_parquet(tmp, index=False)
     os.replace(tmp, path)
@@ -137,10 +134,12 @@ def generate_responses(
     out_dir: Path,
     gen: GenerationConfig,
     desc: str = "generating responses",
+    final_name: str = "corpus.parquet",
 ) -> pd.DataFrame:
-    """Responses for ``questions``, resuming from the batches already in ``out_dir``."""
+    """Responses for ``questions``, resuming from the batches already in ``out_dir``; the
+    finished table is ``out_dir / final_name``."""
     out_dir = Path(out_dir)
-    final = out_dir / "corpus.parquet"
+    final = out_dir / final_name
     if final.exists():
         return pd.read_parquet(final)
     batch_dir = out_dir / "batches"
@@ -156,10 +155,10 @@ def generate_responses(
         responses = generator(prompts, b)
         for r, resp in zip(rows, responses):
             r["response"] = resp
-        _write_atomic(pd.DataFrame(rows)[COLUMNS], batch_dir / f"batch_{b:06d}.parquet")
+        write_atomic(pd.DataFrame(rows)[COLUMNS], batch_dir / f"batch_{b:06d}.parquet")
     parts = [pd.read_parquet(batch_dir / f"batch_{b:06d}.parquet") for b in range(n_batches)]
     df = pd.concat(parts, ignore_index=True).sort_values("idx").reset_index(drop=True)
-    _write_atomic(df, final)
+    write_atomic(df, final)
     return df
 
 

@@ -70,6 +70,9 @@ class Judge(ABC):
     `report` (tokens, cost, problems) across calls."""
 
     backend: str = "?"
+    answers_by_prompt: bool = False
+    """True when the answer depends on the prompt text alone (not on the item's identity, as
+    a replay of human labels per rule does): then items with equal prompts are judged once."""
 
     def __init__(self, config: JudgeConfig):
         self.config = config.validate()
@@ -103,15 +106,22 @@ class Judge(ABC):
         results: list[Optional[Judgment]] = [None] * len(items)
         if not items:
             return []
-        next_index = iter(range(len(items)))
+        # Items that ask the same question (same task and prompt) are answered once.
+        copies: dict[int, list[int]] = {}
+        first_of: dict[tuple[str, str], int] = {}
+        for i, item in enumerate(items):
+            rep = first_of.setdefault((item.task, item.prompt), i) if self.answers_by_prompt else i
+            copies.setdefault(rep, []).append(i)
+        next_index = iter(copies)
         bar = tqdm(total=len(items), desc=desc, disable=not progress, leave=False)
 
         async def worker() -> None:
             for i in next_index:  # a shared iterator: each index goes to exactly one worker
                 judgment = await self._judge_one(items[i])
-                results[i] = judgment
-                self.report.count(judgment)
-                bar.update(1)
+                for j in copies[i]:
+                    results[j] = judgment._replace(key=items[j].key)
+                    self.report.count(results[j])
+                bar.update(len(copies[i]))
 
         try:
             async with self._session():
@@ -151,6 +161,7 @@ class PromptJudge(Judge):
 
     deterministic: bool = False
     """A deterministic backend would give the same unparseable answer again: no retries."""
+    answers_by_prompt = True
 
     def __init__(self, config: JudgeConfig, cache_root: Optional[str | Path] = None):
         super().__init__(config)

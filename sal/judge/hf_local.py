@@ -18,19 +18,24 @@ model.
   it states how the label was chosen and the per-answer scores behind it.
 - A summary's body is generated greedily, at most `hf_max_new_tokens` tokens.
 The synthesised answer then goes through the same parser and cache as a remote judge's.
-The prompt is encoded once; every choice and the generation reuse its KV cache.
+Scoring shares the prompt template's KV cache across items and scores all answers of a
+label in one forward (sal.judge.loglik).
 """
 
 from __future__ import annotations
 
-import copy
+import asyncio
 import hashlib
 import json
 import threading
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
+from tqdm.auto import tqdm
+
 from sal.config.judge import JudgeConfig
+from sal.hardware import resolve_dtype
 from sal.judge.base import Completion, PromptJudge
+from sal.judge.loglik import AnswerScorer
 from sal.judge.parse import CATEGORIES, DECISIONS
 from sal.judge.prompts import rule_prompt, verify_prompt
 from sal.judge.types import EXPLAIN, RULE, VERIFY, JudgeItem
@@ -90,7 +95,8 @@ def load_from_config(config: JudgeConfig) -> tuple[Any, Any]:
         )
     kwargs = {"gguf_file": config.hf_gguf_file} if config.hf_gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(config.hf_model, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(config.hf_model, dtype=getattr(torch, config.hf_dtype), **kwargs)
+    dtype = resolve_dtype(config.hf_dtype, config.hf_device)
+    model = AutoModelForCausalLM.from_pretrained(config.hf_model, dtype=getattr(torch, dtype), **kwargs)
     return model.to(config.hf_device).eval(), tokenizer
 
 
@@ -130,6 +136,9 @@ class HFLocalJudge(PromptJudge):
         self._explicit_id = model_id
         self._lock = threading.Lock()
         self._id: Optional[str] = None
+        self._scorer: Optional[AnswerScorer] = None
+        self._answered: dict[tuple[str, str], Completion] = {}
+        """Answers computed in batches by ajudge, by (task, prompt), until _complete takes them."""
         self._priors: dict[tuple, tuple[float, ...]] = {}
         """Content-free log-likelihoods per (content-free prompt, prefix, answers): one
         forward pass per prompt template for the judge's lifetime."""
@@ -158,7 +167,14 @@ class HFLocalJudge(PromptJudge):
             "calibration": f"content-free:{CONTENT_FREE}" if c.hf_calibrate else "none",
             "max_new_tokens": c.hf_max_new_tokens,
             "chat_template": c.hf_use_chat_template,
+            # bf16 and fp32 log-likelihoods can order close answers differently.
+            "dtype": self._dtype_name(),
         }
+
+    def _dtype_name(self) -> str:
+        if self._model is not None:
+            return str(next(self._model.parameters()).dtype).removeprefix("torch.")
+        return resolve_dtype(self.config.hf_dtype, self.config.hf_device)
 
     # -- inference -----------------------------------------------------------------------
     def _ensure_loaded(self) -> None:
@@ -178,50 +194,36 @@ class HFLocalJudge(PromptJudge):
     def _encode(self, text: str) -> list[int]:
         return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _forward(self, ids: list[int], cache: Any):
-        import torch
+    @property
+    def scorer(self) -> AnswerScorer:
+        self._ensure_loaded()
+        if self._scorer is None or self._scorer.model is not self._model:
+            self._scorer = AnswerScorer(self._model)
+        return self._scorer
 
-        device = next(self._model.parameters()).device
-        out = self._model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True)
-        return out.logits[0].float().log_softmax(-1), out.past_key_values
+    def _choice_logliks(self, prompts: Sequence[str], prefix: str, choices: Sequence[str]) -> list[list[float]]:
+        """Summed log-likelihood of each choice after each prompt and the forced prefix,
+        [len(prompts)][len(choices)], all prompts in one batch."""
+        scorer = self.scorer
+        contexts = [self._context_ids(p) + self._encode(prefix) for p in prompts]
+        return scorer.score(contexts, [self._encode(c) for c in choices])
 
-    def _choose(self, logprobs_last, cache, choices: list[str]) -> tuple[int, Any, Any]:
-        """Index of the most likely choice, with the cache and last log-probs after it."""
-        best = (float("-inf"), -1, None, None)
-        for i, choice in enumerate(choices):
-            ids = self._encode(choice)
-            branch = copy.deepcopy(cache)
-            logprobs, branch = self._forward(ids, branch)
-            score = float(logprobs_last[ids[0]]) + sum(float(logprobs[j, ids[j + 1]]) for j in range(len(ids) - 1))
-            if score > best[0]:
-                best = (score, i, branch, logprobs[-1])
-        return best[1], best[2], best[3]
-
-    def _choice_logliks(self, prompt: str, prefix: str, choices: Sequence[str]) -> list[float]:
-        """Summed log-likelihood of each choice after the prompt and the forced prefix."""
-        logprobs, cache = self._forward(self._context_ids(prompt) + self._encode(prefix), None)
-        last = logprobs[-1]
-        scores = []
-        for choice in choices:
-            ids = self._encode(choice)
-            branch = copy.deepcopy(cache)
-            logprobs, _ = self._forward(ids, branch)
-            scores.append(float(last[ids[0]]) + sum(float(logprobs[j, ids[j + 1]]) for j in range(len(ids) - 1)))
-        return scores
-
-    def _label(self, item: JudgeItem, prefix: str, choices: Sequence[str]) -> Label:
-        """Argmax over the choices, calibrated against the content-free prompt when
+    def _labels(self, items: Sequence[JudgeItem], prefix: str, choices: Sequence[str]) -> list[Label]:
+        """Argmax over the choices per item, calibrated against the content-free prompt when
         `hf_calibrate` is on (see the module docstring)."""
-        scores = self._choice_logliks(item.prompt, prefix, choices)
         calibrate = self.config.hf_calibrate
-        if calibrate:
-            free = content_free_prompt(item)
-            key = (free, prefix, tuple(choices))
-            if key not in self._priors:
-                self._priors[key] = tuple(self._choice_logliks(free, prefix, choices))
-            scores = [s - p for s, p in zip(scores, self._priors[key])]
-        best = max(range(len(choices)), key=scores.__getitem__)  # first on ties
-        return Label(best, tuple(scores), calibrate)
+        all_scores = self._choice_logliks([item.prompt for item in items], prefix, choices)
+        labels = []
+        for item, scores in zip(items, all_scores):
+            if calibrate:
+                free = content_free_prompt(item)
+                key = (free, prefix, tuple(choices))
+                if key not in self._priors:
+                    self._priors[key] = tuple(self._choice_logliks([free], prefix, choices)[0])
+                scores = [s - p for s, p in zip(scores, self._priors[key])]
+            best = max(range(len(choices)), key=scores.__getitem__)  # first on ties
+            labels.append(Label(best, tuple(scores), calibrate))
+        return labels
 
     def _greedy(self, logprobs_last, cache, stop: tuple[str, ...]) -> tuple[str, int]:
         """Greedy continuation until a stop string, EOS or the token budget."""
@@ -237,13 +239,12 @@ class HFLocalJudge(PromptJudge):
             text = self._tokenizer.decode(out, skip_special_tokens=True)
             if any(s in text for s in stop):
                 break
-            logprobs, cache = self._forward([nxt], cache)
-            logprobs_last = logprobs[-1]
+            logprobs_last = self.scorer.extend([nxt], cache)
         for s in stop:
             text = text.split(s, 1)[0]
         return text.strip(), len(out)
 
-    def _answer(self, item: JudgeItem) -> Completion:
+    def _answer(self, items: Sequence[JudgeItem]) -> list[Completion]:
         import torch
 
         threads = torch.get_num_threads()
@@ -251,39 +252,86 @@ class HFLocalJudge(PromptJudge):
             if self.config.hf_threads is not None:
                 torch.set_num_threads(self.config.hf_threads)
             try:
-                return self._answer_locked(item)
+                self._ensure_loaded()
+                out: dict[str, Completion] = {}
+                # One batched forward per prompt template: its rows share the template's head
+                # (and the task fixes the forced prefix and the answers).
+                templates: dict[str, list[JudgeItem]] = {}
+                for item in items:
+                    if item.task in (RULE, VERIFY):
+                        templates.setdefault(content_free_prompt(item), []).append(item)
+                for batch in templates.values():
+                    out.update(zip((i.key for i in batch), self._answer_labelled(batch[0].task, batch)))
+                for item in items:
+                    if item.task not in (RULE, VERIFY):
+                        out[item.key] = self._answer_generated(item)
+                return [out[item.key] for item in items]
             finally:
                 torch.set_num_threads(threads)
 
-    def _answer_locked(self, item: JudgeItem) -> Completion:
-        self._ensure_loaded()
-        ctx = self._context_ids(item.prompt)
-        if item.task == VERIFY:
-            label = self._label(item, VERIFY_PREFIX, [d + "]]" for d in DECISIONS])
-            extra = {"label_scores": scores_text(DECISIONS, label)}
-            return Completion(f"{VERIFY_PREFIX}{DECISIONS[label.index]}]]", len(ctx), 1, extra)
-        if item.task == RULE:
-            label = self._label(item, RULE_PREFIX, [c + '"' for c in CATEGORIES])
+    def _answer_labelled(self, task: str, items: Sequence[JudgeItem]) -> list[Completion]:
+        if task == VERIFY:
+            labels = self._labels(items, VERIFY_PREFIX, [d + "]]" for d in DECISIONS])
+            return [Completion(f"{VERIFY_PREFIX}{DECISIONS[label.index]}]]", self._n_prompt_tokens(item), 1,
+                               {"label_scores": scores_text(DECISIONS, label)}) for item, label in zip(items, labels)]
+        labels = self._labels(items, RULE_PREFIX, [c + '"' for c in CATEGORIES])
+        out = []
+        for item, label in zip(items, labels):
             answer = {"Category": CATEGORIES[label.index], "Relation/Intuition": scores_text(CATEGORIES, label)}
-            return Completion(f"<judgement> {json.dumps(answer, ensure_ascii=False)} </judgement>", len(ctx), 1)
+            out.append(Completion(f"<judgement> {json.dumps(answer, ensure_ascii=False)} </judgement>",
+                                  self._n_prompt_tokens(item), 1))
+        return out
+
+    def _n_prompt_tokens(self, item: JudgeItem) -> int:
+        return len(self._context_ids(item.prompt))
+
+    def _answer_generated(self, item: JudgeItem) -> Completion:
+        ctx = self._context_ids(item.prompt)
         if item.task == EXPLAIN:
-            prefix = "<summary> "
-            logprobs, cache = self._forward(ctx + self._encode(prefix), None)
-            i, cache, last = self._choose(logprobs[-1], cache, list(SUMMARY_KINDS_TEXT))
+            scorer = self.scorer
+            context = ctx + self._encode("<summary> ")
+            kinds = [self._encode(k) for k in SUMMARY_KINDS_TEXT]
+            scores = scorer.score([context], kinds)[0]
+            i = max(range(len(kinds)), key=scores.__getitem__)  # first on ties
             kind = SUMMARY_KINDS_TEXT[i]
             if kind == "Cannot Tell":
                 return Completion("<summary> Cannot Tell </summary>", len(ctx), 1)
+            last, cache = scorer.prompt(context + kinds[i])
             body, n = self._greedy(last, cache, stop=("</summary>", "\n"))
             return Completion(f"<summary> {kind} {body} </summary>", len(ctx), n + 1)
         raise ValueError(f"unknown judge task {item.task!r}")
 
+    async def ajudge(self, items: Sequence[JudgeItem], *, progress: bool = True, desc: str = "judge"):
+        """Answer every item not in the cache first, `hf_batch_size` at a time (items of one
+        prompt template together, in prompt order, so that a batch shares a long head),
+        then let the common path read them back, cache them and parse them."""
+        items = list(items)
+        todo: dict[tuple[str, str], JudgeItem] = {}
+        for item in items:
+            if self.cache is None or self.cache.get(self._key(item, 0)) is None:
+                todo.setdefault((item.task, item.prompt), item)
+        order = sorted(todo.values(), key=lambda i: (i.task, content_free_prompt(i) if i.task in (RULE, VERIFY) else "",
+                                                     i.prompt))
+        size = self.config.hf_batch_size
+        with tqdm(total=len(order), desc=desc, disable=not progress, leave=False) as bar:
+            for start in range(0, len(order), size):
+                batch = order[start:start + size]
+                for item, completion in zip(batch, self._answer(batch)):
+                    self._answered[(item.task, item.prompt)] = completion
+                bar.update(len(batch))
+                await asyncio.sleep(0)  # a cancelled judge stops between batches
+            try:
+                return await super().ajudge(items, progress=False, desc=desc)
+            finally:
+                self._answered.clear()
+
     async def _complete(self, item: JudgeItem, sample: int) -> Completion:
+        """The answer computed by `ajudge`'s batches (or, for a parse retry or a direct
+        call, computed now). Runs on the event loop's thread, not asyncio.to_thread: every
+        new thread that calls torch starts its own OpenMP pool whose spinning workers then
+        slow every later forward pass."""
         self.report.n_requests += 1
-        # Run on the calling thread, not asyncio.to_thread: the local model is used one item
-        # at a time anyway, and every new thread that calls torch starts its own OpenMP pool
-        # whose spinning workers then slow every later forward pass (seconds per item on a
-        # busy 2-core machine).
-        completion = self._answer(item)
+        completion = self._answered.pop((item.task, item.prompt), None) or self._answer([item])[0]
         self.report.prompt_tokens += completion.prompt_tokens
         self.report.completion_tokens += completion.completion_tokens
         return completion

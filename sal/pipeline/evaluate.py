@@ -11,24 +11,24 @@ from typing import Dict, List
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from sal.config.schema import SALConfig
-from sal.pipeline.common import save_resolved_config, setup
+from sal.pipeline.common import resolved_container, save_resolved_config, setup
 
 log = logging.getLogger("sal")
 
 
 def run(cfg: DictConfig):
     typed, run_dir = setup(cfg)
-    save_resolved_config(cfg, run_dir / "config" / f"evaluate_{typed.analysis.name}.yaml")
+    save_resolved_config(cfg, typed, run_dir / "config" / f"evaluate_{typed.analysis.name}.yaml")
     handler = {"single": run_single, "compare": run_compare, "validate": run_validate, "power": run_power}
     name = typed.analysis.name
     if name != "single" and not typed.run_dir:
         # Cross-model and synthetic analyses belong to no single model's run directory.
         run_dir = Path(typed.paths.runs_root) / "_analysis" / name / typed.run_name
         run_dir.mkdir(parents=True, exist_ok=True)
-    return handler[name](typed, run_dir, OmegaConf.to_container(cfg, resolve=True))
+    return handler[name](typed, run_dir, resolved_container(cfg, typed))
 
 
 # --------------------------------------------------------------------------- single model
@@ -82,7 +82,8 @@ def _judge_for(cfg: SALConfig, run_dir: Path):
     if cfg.judge.backend == "hf_local":
         from sal.models import load_named_model
 
-        loader = lambda: load_named_model(cfg.judge.hf_model or cfg.model.name)  # noqa: E731
+        loader = lambda: load_named_model(cfg.judge.hf_model or cfg.model.name,  # noqa: E731
+                                          dtype=cfg.judge.hf_dtype, device=cfg.judge.hf_device)
     return make_judge(cfg.judge, run_dir=run_dir, loader=loader)
 
 

@@ -54,7 +54,16 @@ def interpret(cfg: SALConfig, run_dir: Path, model, tokenizer, cc, layers) -> pd
     texts = document_texts(corpus)
     ic = cfg.interpret
     collector = TopSpanCollector(cc.n_features, k=ic.top_k, window=ic.span_window, tau=ic.tau, store_tokens=True)
-    for fb in feature_pass(model, tokenizer, cc, texts, layers, cfg.model.max_seq_len, desc="feature pass (corpus)"):
+    cached = None
+    if cfg.optim.activation_cache:  # training saved this corpus's residual stream: no second forward
+        from sal.training.cache import cached_token_activations
+
+        cached = cached_token_activations(cfg.optim.activation_cache, model, tokenizer, texts, layers, cfg.optim,
+                                          cfg.model.name)
+        log.info("feature pass (corpus): %s", "activations read from the training cache" if cached is not None
+                 else "no reusable activation cache; running the subject model")
+    for fb in feature_pass(model, tokenizer, cc, texts, layers, cfg.model.max_seq_len, desc="feature pass (corpus)",
+                           cached=cached):
         # Spans are collected "regardless of which layer they activate in": max over layers.
         collector.update(fb.feats_BTLC.amax(dim=2), fb.token_ids_BT, fb.mask_BT, fb.doc_ids)
     result = interpret_features(collector, make_judge(cfg.judge, run_dir=run_dir), tokenizer, run_dir, ic)
@@ -109,7 +118,7 @@ def count(cfg: SALConfig, run_dir: Path, layer_counts: sp.csr_matrix, allowed) -
 
 def run(cfg: DictConfig):
     typed, run_dir = setup(cfg)
-    save_resolved_config(cfg, run_dir / "config" / "extract_rules.yaml")
+    save_resolved_config(cfg, typed, run_dir / "config" / "extract_rules.yaml")
 
     from sal.models import load_subject_model
     from sal.rules import summarize_rules, write_rules_outputs

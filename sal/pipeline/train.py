@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from sal.pipeline.common import build_corpus, log, save_resolved_config, setup
+from sal.pipeline.common import build_corpus, log, resolved_container, save_resolved_config, setup
 
 
 def run(cfg: DictConfig) -> dict:
     typed, run_dir = setup(cfg)
-    save_resolved_config(cfg, run_dir / "config" / "train.yaml")
+    save_resolved_config(cfg, typed, run_dir / "config" / "train.yaml")
 
     from sal.data.corpus import document_texts
     from sal.models import load_subject_model
@@ -26,7 +26,7 @@ def run(cfg: DictConfig) -> dict:
         logger=typed.logger,
         model_name=typed.model.name,
         subject_model=dataclasses.asdict(typed.model),
-        resolved_config=OmegaConf.to_container(cfg, resolve=True),
+        resolved_config=resolved_container(cfg, typed),
     )
     print(f"[train] {typed.model.name}: {format_summary(result.summary)}")
     print(f"[train] crosscoder exported to {result.export_dir}")

@@ -127,17 +127,18 @@ def _build(target: Path, lock: Path, key: dict, model, tokenizer, texts, layers,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     device = next(model.parameters()).device
-    shards, pending, n_pending, d_model = [], [], 0, None
+    shards, pending, n_pending, d_model = [], {"acts": [], "doc": [], "pos": []}, 0, None
 
     def flush(final: bool = False) -> None:
         nonlocal pending, n_pending
         while n_pending >= optim.cache_shard_tokens or (final and n_pending > 0):
-            cat = torch.cat(pending)
-            n = min(optim.cache_shard_tokens, cat.shape[0])
+            cat = {k: torch.cat(v) for k, v in pending.items()}
+            n = min(optim.cache_shard_tokens, cat["acts"].shape[0])
             name = f"shard_{len(shards):05d}.safetensors"
-            save_file({"acts": cat[:n].contiguous()}, str(tmp / name))
+            save_file({k: v[:n].contiguous() for k, v in cat.items()}, str(tmp / name))
             shards.append({"file": name, "n_tokens": n})
-            pending, n_pending = ([cat[n:]] if cat.shape[0] > n else []), cat.shape[0] - n
+            pending = {k: ([v[n:]] if v.shape[0] > n else []) for k, v in cat.items()}
+            n_pending = cat["acts"].shape[0] - n
             os.utime(lock, None)  # heartbeat: the lock is not stale while shards appear
 
     step = optim.docs_per_forward
@@ -155,17 +156,44 @@ def _build(target: Path, lock: Path, key: dict, model, tokenizer, texts, layers,
             b_ids, b_attn, b_valid = ids[rows, :width], attn[rows, :width], valid[rows, :width]
             acts = capture_fn(model, b_ids.to(device), b_attn.to(device), list(layers))[b_valid.to(device)]
             d_model = acts.shape[-1]
-            pending.append(acts.to("cpu", dtype))
+            row_pos = b_valid.nonzero()  # the same row-major order as the boolean index above
+            pending["acts"].append(acts.to("cpu", dtype))
+            pending["doc"].append((w + rows)[row_pos[:, 0]].to(torch.int32))
+            pending["pos"].append(row_pos[:, 1].to(torch.int32))
             n_pending += acts.shape[0]
             flush()
     flush(final=True)
     if not shards:
         raise ValueError("The corpus has no valid tokens: cannot build an activation cache.")
     index = {"shards": shards, "n_tokens": sum(s["n_tokens"] for s in shards), "layers": list(layers),
-             "d_model": d_model, "dtype": optim.cache_dtype, "key": key}
+             "d_model": d_model, "dtype": optim.cache_dtype, "key": key, "token_positions": True}
     (tmp / "index.json").write_text(json.dumps(index, indent=2))
     os.replace(tmp, target)
     log.info("Activation cache written: %s (%d tokens)", target, index["n_tokens"])
+
+
+def cached_token_activations(root: str | os.PathLike, model, tokenizer, texts: Sequence[str], layers: Sequence[int],
+                             optim, model_name: str = "") -> dict | None:
+    """The activations a finished cache holds for these inputs, by document and position:
+    ``{doc: (positions [n] int64, acts [n, L, D])}``; None when there is no such cache, it
+    predates the position records, or its dtype would round the model's activations (then
+    they are recomputed). Lets a later pass over the same documents skip the subject model."""
+    from safetensors.torch import load_file
+
+    target = _key_dir(Path(root), cache_key(model, tokenizer, texts, layers, optim, model_name))
+    if not (target / "index.json").exists():
+        return None
+    index = json.loads((target / "index.json").read_text())
+    model_dtype = next(model.parameters()).dtype
+    if not index.get("token_positions") or _DTYPES[index["dtype"]] not in (torch.float32, model_dtype):
+        return None
+    parts = [load_file(str(target / s["file"])) for s in index["shards"]]
+    acts, doc, pos = (torch.cat([p[k] for p in parts]) for k in ("acts", "doc", "pos"))
+    order = torch.argsort(doc.long() * (pos.max().long() + 1) + pos.long())
+    acts, doc, pos = acts[order], doc[order].long(), pos[order].long()
+    bounds = torch.searchsorted(doc, torch.arange(len(texts) + 1))
+    return {d: (pos[bounds[d]:bounds[d + 1]], acts[bounds[d]:bounds[d + 1]])
+            for d in range(len(texts)) if bounds[d + 1] > bounds[d]}
 
 
 class CachedActivationStream(IterableDataset):

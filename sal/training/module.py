@@ -75,6 +75,7 @@ class CrosscoderModule(L.LightningModule):
         # Consecutive tokens (all ranks) since each (layer, feature) latent last fired.
         self.register_buffer("tokens_since_fired", torch.zeros(n_layers, self.cc_cfg.n_features, dtype=torch.long))
         self._t_last: float | None = None
+        self._t_last_step = -1
         self.first_metrics: dict[str, float] | None = None
         self.recent_metrics: collections.deque = collections.deque(maxlen=20)
 
@@ -114,7 +115,8 @@ class CrosscoderModule(L.LightningModule):
         params = [p for p in self.crosscoder.parameters() if p.grad is not None]
         max_norm = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip is not None else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        self.log("train/grad_norm", norm, on_step=True, on_epoch=False, logger=True)
+        if self._metrics_step():
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False, logger=True)
 
     # ------------------------------------------------------------------ helpers
     def dead_mask(self) -> Tensor:
@@ -137,7 +139,7 @@ class CrosscoderModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def on_train_start(self) -> None:
-        self._t_last = time.perf_counter()
+        self._t_last, self._t_last_step = time.perf_counter(), self.global_step - 1
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         acts_BLD = batch[0] if isinstance(batch, (list, tuple)) else batch
@@ -147,7 +149,10 @@ class CrosscoderModule(L.LightningModule):
         x_BLD = self.crosscoder.normalise(acts_BLD.float())
         coef = self.current_sparsity_coef()
         out = self.crosscoder.loss(x_BLD, coef, dead_mask_LC=self.dead_mask())
-        metrics = self._step_metrics(x_BLD, out, coef, n_tokens)
+        active_LC = self._track_dead(out.feats_BLC.detach(), n_tokens)
+        if not self._metrics_step():
+            return out.total
+        metrics = self._step_metrics(x_BLD, out, coef, n_tokens, active_LC)
         self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, logger=True)
         self.log("fvu", metrics["train/fvu"], prog_bar=True, logger=False)
         self.log("l0", metrics["train/l0"], prog_bar=True, logger=False)
@@ -160,15 +165,27 @@ class CrosscoderModule(L.LightningModule):
             self.recent_metrics.append(floats)
         return out.total
 
+    def _metrics_step(self) -> bool:
+        """Whether this step's metrics are computed: the steps the loggers write (every
+        trainer.log_every_n_steps), the first, and the last 20 (the run's summary). Computing
+        and logging ~30 metrics costs a sizeable share of a small CPU step."""
+        step, every = self.global_step, self._trainer.log_every_n_steps if self._trainer is not None else 1
+        return step == 0 or (step + 1) % every == 0 or step >= self.max_steps - self.recent_metrics.maxlen
+
     @torch.no_grad()
-    def _step_metrics(self, x_BLD: Tensor, out, coef: float, n_tokens: int) -> dict[str, Tensor]:
+    def _track_dead(self, feats_BLC: Tensor, n_tokens: int) -> Tensor:
+        """Count tokens since each latent last fired (every step: AuxK needs it); returns the
+        per-(layer, feature) active counts of this batch."""
         world = self.trainer.world_size if self._trainer is not None else 1
-        feats_BLC = out.feats_BLC.detach()
-        # One pass over the features: active count per (layer, feature).
         active_LC = torch.count_nonzero(feats_BLC, dim=0)
         # A latent fired if it fired on any rank (MAX over ranks keeps the counters identical).
         fired_LC = self._all_reduce((active_LC > 0).int(), dist.ReduceOp.MAX if _dist_ready() else None).bool()
         self.tokens_since_fired.add_(n_tokens * world).masked_fill_(fired_LC, 0)
+        return active_LC
+
+    @torch.no_grad()
+    def _step_metrics(self, x_BLD: Tensor, out, coef: float, n_tokens: int, active_LC: Tensor) -> dict[str, Tensor]:
+        world = self.trainer.world_size if self._trainer is not None else 1
         window = self.cc_cfg.dead_window_tokens
         dead_frac = (self.tokens_since_fired >= window).all(dim=0).float().mean()
 
@@ -178,10 +195,11 @@ class CrosscoderModule(L.LightningModule):
         var_L = (x - x.mean(dim=0, keepdim=True)).pow(2).sum(dim=(0, 2))
         l0_L = active_LC.sum(dim=1).float() / n_tokens
 
-        now = time.perf_counter()
+        now, step = time.perf_counter(), self.global_step
         elapsed = now - (self._t_last or now)
-        self._t_last = now
-        tps = (n_tokens * world / elapsed) if elapsed > 0 else 0.0
+        steps = max(step - self._t_last_step, 1)
+        self._t_last, self._t_last_step = now, step
+        tps = (n_tokens * world * steps / elapsed) if elapsed > 0 else 0.0
         lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer is not None else self.optim_cfg.lr
 
         m: dict[str, Tensor | float] = {

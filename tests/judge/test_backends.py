@@ -215,3 +215,18 @@ def test_config_validation_never_echoes_a_key():
 def test_replay_needs_a_path():
     with pytest.raises(ValueError, match="replay_path"):
         JudgeConfig(backend="replay").validate()
+
+
+def test_equal_prompts_are_judged_once_and_each_item_keeps_its_key(tiny_lm, char_tokenizer, tmp_path):
+    same_a, same_b = rule_item(1, -1, 2, ["a premise"], "a conclusion"), rule_item(5, -1, 6, ["a premise"], "a conclusion")
+    other = rule_item(1, -1, 3, ["a premise"], "another conclusion")
+    judge = make_judge(JudgeConfig(backend="hf_local", cache_dir=None), model=tiny_lm, tokenizer=char_tokenizer)
+    out = judge.judge([same_a, other, same_b], progress=False)
+    assert judge.report.n_requests == 2
+    assert [r.key for r in out] == [same_a.key, other.key, same_b.key]
+    assert (out[0].label, out[0].text) == (out[2].label, out[2].text)
+    # Human labels belong to rules, not to their wording: replay never merges items.
+    csv = tmp_path / "h.csv"
+    csv.write_text("p1,p2,q,category\n1,-1,2,Strict\n5,-1,6,No\n")
+    replayed = make_judge(JudgeConfig(backend="replay", replay_path=str(csv))).judge([same_a, same_b], progress=False)
+    assert [r.label for r in replayed] == ["Strict", "No"]

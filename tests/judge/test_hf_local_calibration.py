@@ -37,11 +37,11 @@ def add_prior(monkeypatch, favoured: str, calls: list[str] | None = None) -> Non
     """Wrap the real scorer: `favoured` gets +BONUS in every prompt (a pure label prior)."""
     real = HFLocalJudge._choice_logliks
 
-    def biased(self, prompt, prefix, choices):
+    def biased(self, prompts, prefix, choices):
         if calls is not None:
-            calls.append(prompt)
-        scores = real(self, prompt, prefix, choices)
-        return [s + (BONUS if answer_name(c) == favoured else 0.0) for s, c in zip(scores, choices)]
+            calls.extend(prompts)
+        return [[s + (BONUS if answer_name(c) == favoured else 0.0) for s, c in zip(scores, choices)]
+                for scores in real(self, prompts, prefix, choices)]
 
     monkeypatch.setattr(HFLocalJudge, "_choice_logliks", biased)
 
@@ -69,9 +69,9 @@ def test_calibrated_label_is_argmax_of_margin(monkeypatch, tiny_lm, char_tokeniz
     the prompt), the prior adds +100 to "No". Raw argmax: always "No"; calibrated: the
     named answer. The rationale reports the margins, i.e. content minus content-free."""
 
-    def scorer(self, prompt, prefix, choices):
-        return [100.0 * (answer_name(c) == "No") + 10.0 * (f"<<{answer_name(c)}>>" in prompt) - i
-                for i, c in enumerate(choices)]
+    def scorer(self, prompts, prefix, choices):
+        return [[100.0 * (answer_name(c) == "No") + 10.0 * (f"<<{answer_name(c)}>>" in prompt) - i
+                 for i, c in enumerate(choices)] for prompt in prompts]
 
     monkeypatch.setattr(HFLocalJudge, "_choice_logliks", scorer)
     named_rules = [("Strict", rule_item(1, -1, 2, ["<<Strict>> sqrt"], "root")),

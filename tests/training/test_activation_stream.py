@@ -111,3 +111,37 @@ def test_activation_cache_is_written_once_and_read_back(subject, tmp_path, monke
         halves.append(_match(torch.cat(list(cache_mod.CachedActivationStream(d1, 32, 128, epochs=1))), ref))
     assert set(halves[0].tolist()).isdisjoint(halves[1].tolist())
     assert len(set(halves[0].tolist()) | set(halves[1].tolist())) >= ref.shape[0] - 2 * 32
+
+
+@pytest.mark.parametrize("max_seq_len", [48, 64])  # 64: the cache (48) lacks some positions
+def test_feature_pass_reads_the_training_cache_instead_of_the_model(subject, tmp_path, max_seq_len):
+    from sal.crosscoder import Crosscoder
+    from sal.features import feature_pass
+
+    model, tok, texts, _, _ = subject
+    optim = OptimConfig(max_tokens_per_instance=48, docs_per_forward=4, cache_dtype="float32", cache_shard_tokens=300,
+                        batch_instances=1, tokens_per_instance=64, shuffle_buffer_tokens=256)
+    cache_mod.ensure_activation_cache(tmp_path, model, tok, texts, LAYERS, optim, model_name="tiny")
+    cached = cache_mod.cached_token_activations(tmp_path, model, tok, texts, LAYERS, optim, model_name="tiny")
+    assert cached is not None and len(cached) == len(texts)
+    torch.manual_seed(0)
+    cc = Crosscoder(d_model=32, n_layers=len(LAYERS), n_features=16)
+    calls = []
+    hook = model.model.layers[0].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        fresh = list(feature_pass(model, tok, cc, texts, LAYERS, max_seq_len, batch_docs=5))
+        n_fresh = len(calls)
+        reused = list(feature_pass(model, tok, cc, texts, LAYERS, max_seq_len, batch_docs=5, cached=cached))
+    finally:
+        hook.remove()
+    n_long = sum(len(tok(t)["input_ids"]) > 48 for t in texts)
+    # Every batch without a document longer than the cache's 48 tokens skipped the model.
+    assert len(calls) - n_fresh == (0 if max_seq_len == 48 or n_long == 0 else
+                                    len({i // 5 for i, t in enumerate(texts) if len(tok(t)["input_ids"]) > 48}))
+    for a, b in zip(fresh, reused):
+        assert torch.equal(a.mask_BT, b.mask_BT) and torch.equal(a.token_ids_BT, b.token_ids_BT)
+        assert torch.allclose(a.feats_BTLC, b.feats_BTLC, atol=1e-4)
+    # A bf16 cache would round a float32 model's activations: not reused.
+    bf16 = OptimConfig(**{**optim.__dict__, "cache_dtype": "bfloat16"})
+    cache_mod.ensure_activation_cache(tmp_path, model, tok, texts, LAYERS, bf16, model_name="tiny")
+    assert cache_mod.cached_token_activations(tmp_path, model, tok, texts, LAYERS, bf16, model_name="tiny") is None

@@ -67,6 +67,24 @@ def test_training_logs_every_metric_every_step_and_exports(tmp_path, arch, preci
     assert not (tmp_path / "csv" / "version_1").exists()
 
 
+def test_metrics_every_n_steps_keep_the_first_and_the_last_twenty(tmp_path):
+    """With trainer.log_every_n_steps=k, the loggers get every k-th step; metrics are also
+    computed on the first step and the last 20 (the summary's window), and nowhere else."""
+    from sal.training.run import train_crosscoder
+
+    model, tok = tiny_llama()
+    cc = CrosscoderConfig(n_features=64, dead_window_tokens=256)
+    opt = OptimConfig(max_steps=50, batch_instances=2, tokens_per_instance=32, max_tokens_per_instance=48,
+                      docs_per_forward=4, shuffle_buffer_tokens=256, checkpoint_every_n_steps=50)
+    tcfg = TrainerConfig(enable_progress_bar=False, log_every_n_steps=10)
+    result = train_crosscoder(cc, opt, tcfg, model, tok, tiny_texts(24), LAYERS, tmp_path, model_name="tiny")
+    steps = [int(r["step"]) for r in _metrics(tmp_path) if r.get("train/fvu")]
+    assert steps == [9, 19, 29, 39, 49]
+    assert result.summary["last_step"] == 49 and result.summary["first_step"] == 0
+    tps = [float(r["train/tokens_per_s"]) for r in _metrics(tmp_path) if r.get("train/tokens_per_s")]
+    assert min(tps) > 0 and max(tps) / min(tps) < 20  # skipped steps counted in the rate, not lost
+
+
 def _run(run_dir, *extra, **popen):
     cmd = [sys.executable, str(SCRIPT), str(run_dir), *extra]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

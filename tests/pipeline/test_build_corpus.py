@@ -1,0 +1,47 @@
+"""The corpus and the rule set are generated together, in shared batches, whichever stage
+asks first; each comes back on its own, in its own question order."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import sal.data.corpus as corpus_mod
+from sal.config.schema import register_configs, validate_config
+from sal.data.corpus import select_corpus_questions, stratified_rule_set
+from sal.pipeline.common import build_corpus
+
+ROOT = Path(__file__).resolve().parents[2]
+register_configs()
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        composed = compose(config_name="train", overrides=["model=tiny-random", f"paths.cache_dir={tmp_path}"])
+    return validate_config(composed)
+
+
+def test_both_sets_come_from_one_joint_generation(cfg, monkeypatch):
+    batches = []
+
+    def fake_hf_generator(model, tokenizer, gen):
+        def run(prompts, batch_index):
+            batches.append(len(prompts))
+            return [f"answer to: {p}" for p in prompts]
+        return run
+
+    monkeypatch.setattr(corpus_mod, "hf_generator", fake_hf_generator)
+    rule_set = build_corpus(cfg, "rule_set", model=object(), tokenizer=object())  # the rule set asked first
+    n_corpus, n_rules = len(select_corpus_questions(cfg.data)), len(stratified_rule_set(cfg.data))
+    size = cfg.data.generation.batch_size
+    assert batches == [min(size, n_corpus + n_rules - i) for i in range(0, n_corpus + n_rules, size)]
+    corpus = build_corpus(cfg, "corpus", model=object(), tokenizer=object())
+    assert len(batches) == -(-(n_corpus + n_rules) // size)  # nothing generated the second time
+    assert corpus.question.tolist() == [q["question"] for q in select_corpus_questions(cfg.data)]
+    assert rule_set.question.tolist() == [q["question"] for q in stratified_rule_set(cfg.data)]
+    assert corpus.idx.tolist() == list(range(n_corpus)) and rule_set.idx.tolist() == list(range(n_rules))
+    # every response stayed with its own question through the joint batches and the split
+    assert all(q in r for df in (corpus, rule_set) for q, r in zip(df.question, df.response))
+    with pytest.raises(ValueError, match="unknown corpus kind"):
+        build_corpus(cfg, "validation")
