@@ -112,6 +112,21 @@ def format_timings(timings, total_s: float, hardware: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def dictionary_line(config_json: Path) -> str:
+    """The trained dictionary's reconstruction and sparsity, from its exported config."""
+    if not config_json.exists():
+        return ""
+    m = json.loads(config_json.read_text()).get("final_metrics") or {}
+    if "nmse" not in m:
+        return ""
+    from sal.training.run import regime_verdict
+
+    feats = f"{m['l0_features']:.1f} distinct features per token, " if "l0_features" in m else ""
+    coef = f", final alpha {m['sparsity_coef']:.3g}" if "sparsity_coef" in m else ""
+    return (f"- dictionary: nmse {m['nmse']:.3f}, {feats}{m['l0']:.1f} (feature, layer) pairs per token, dead "
+            f"{100 * m['dead_frac']:.2f}%{coef}; {regime_verdict(m) if 'l0_features' in m else ''}\n")
+
+
 def write_demo_report(path: Path, runs: Mapping[str, Path], timings=(), total_s: float | None = None,
                       hardware: str = "") -> Path:
     """Side-by-side report of the subject model and its null (random-weights) control, and
@@ -132,6 +147,7 @@ def write_demo_report(path: Path, runs: Mapping[str, Path], timings=(), total_s:
             t = json.loads(t3.read_text())
             extra = (f"- features: dead rate {100 * t['dead_rate']:.2f}%, explainable rate "
                      f"{100 * (t['explainable_rate'] or 0):.2f}% of {t['n_judged']} judged\n")
+        extra += dictionary_line(Path(run_dir) / "crosscoder" / "config.json")
         blocks += [f"\n## {label}\n", sal_block(s), extra,
                    f"![histograms]({_rel(ev / 'fig2_histograms.png', path.parent)})\n",
                    f"![pairwise JSD]({_rel(ev / 'fig3_pairwise_jsd.png', path.parent)})\n",

@@ -130,4 +130,7 @@ def test_demo_runs_six_stages_in_one_process_and_reports_their_wall_times(tmp_pa
         assert (run_dir / "sal.json").exists()
         # each stage kept its own Hydra log file, as when run as a command
         assert all((run_dir / f"{s}.log").exists() for s in ("train", "extract_rules", "evaluate"))
+        m = json.loads((run_dir / "crosscoder" / "config.json").read_text())["final_metrics"]
+        assert (f"- dictionary: nmse {m['nmse']:.3f}, {m['l0_features']:.1f} distinct features per token, "
+                f"{m['l0']:.1f} (feature, layer) pairs per token") in report
     assert "Wall time per stage" in capsys.readouterr().out

@@ -28,6 +28,19 @@ class CrosscoderConfig:
     dimensions (mean over tokens); mean = also averaged over the L * D entries (the paper's
     "mean squared reconstruction error"), which makes alpha worth L * D times more: with it the
     paper's 5e-3 gives a sparse crosscoder, with sum it gives an almost dense one (README)."""
+    target_l0: Optional[float] = None
+    """relu: the sparsity to reach, in target_l0_unit per token. sparsity_coef is then the
+    starting alpha, and a feedback controller on the measured L0 adapts alpha until
+    target_l0_adapt_frac of the steps, then freezes it (sal.training.sparsity_control). None:
+    alpha follows the fixed ramp to sparsity_coef. SAL compares models, and one alpha gives a
+    different sparsity for every width and model; a matched L0 removes that confound."""
+    target_l0_unit: str = "features"
+    """features = distinct active features per token (a feature counts once whatever its
+    layers: the paper's "active features") | pairs = active (feature, layer) pairs per token."""
+    target_l0_adapt_frac: float = 0.9
+    """The controller adapts alpha from the end of the alpha warm-up (optim.sparsity_warmup_frac)
+    to this fraction of the steps, then freezes it for the rest of the LR cool-down. L0 keeps
+    drifting down at a fixed alpha as the dictionary trains, so a long adaptation lands closer."""
     init_decoder_norm: float = 0.1
     """Norm of each decoder row at initialisation (random directions; encoder = transpose)."""
     normalise: bool = True
@@ -62,6 +75,17 @@ class CrosscoderConfig:
             raise ValueError(f"crosscoder.n_features={self.n_features}: must be >= 1 (paper: 32768).")
         if self.sparsity_coef < 0:
             raise ValueError(f"crosscoder.sparsity_coef={self.sparsity_coef}: must be >= 0 (paper: 5e-3).")
+        if self.target_l0 is not None:
+            if self.arch != "relu":
+                raise ValueError(f"crosscoder.target_l0 applies to arch=relu (arch={self.arch!r} fixes L0 with k).")
+            if self.target_l0 <= 0 or (self.target_l0_unit == "features" and self.target_l0 > self.n_features):
+                raise ValueError(f"crosscoder.target_l0={self.target_l0}: must be > 0 and at most n_features, or null.")
+            if self.sparsity_coef <= 0:
+                raise ValueError("crosscoder.target_l0 starts the controller at sparsity_coef: set it > 0.")
+        if self.target_l0_unit not in ("features", "pairs"):
+            raise ValueError(f"crosscoder.target_l0_unit={self.target_l0_unit!r}: choose features | pairs.")
+        if not 0 < self.target_l0_adapt_frac < 1:
+            raise ValueError(f"crosscoder.target_l0_adapt_frac={self.target_l0_adapt_frac}: must be in (0, 1).")
         if self.init_decoder_norm <= 0:
             raise ValueError(f"crosscoder.init_decoder_norm={self.init_decoder_norm}: must be > 0 (default 0.1).")
         if self.topk_mode not in _TOPK_MODES:
@@ -75,8 +99,8 @@ class CrosscoderConfig:
 
     @classmethod
     def paper(cls) -> "CrosscoderConfig":
-        """Appendix B/C.1: ReLU, C = 2^15, alpha = 5e-3."""
-        return cls()
+        """Appendix B/C.1: ReLU, C = 2^15, alpha = 5e-3 against the mean squared error."""
+        return cls(mse_reduction="mean")
 
     @classmethod
     def demo(cls) -> "CrosscoderConfig":
@@ -108,7 +132,12 @@ class OptimConfig:
     sparsity_warmup_frac: float = 0.2
     """Initial fraction of steps over which alpha rises linearly from 0 (paper: 0.2)."""
     batch_instances: int = 128
-    """Batch size in documents (instances), as the paper counts it (128)."""
+    """The global batch: documents (instances) per optimiser step over all ranks, as the
+    paper counts it (128). Each rank takes batch_instances / world of them."""
+    micro_batch_instances: Optional[int] = None
+    """Instances per forward/backward on one rank; the rank's share is reached by gradient
+    accumulation. None: the largest divisor of the share that fits the device (the training
+    plan, sal/training/plan.py)."""
     tokens_per_instance: int = 470
     """Mean valid tokens per document. A batch holds batch_instances * tokens_per_instance
     tokens drawn from the shuffle buffer (paper: 128 * 470 ~ 60K tokens). Fixed-size token
@@ -133,7 +162,7 @@ class OptimConfig:
 
     @property
     def batch_tokens(self) -> int:
-        """Tokens per optimiser step per rank: batch_instances * tokens_per_instance."""
+        """Tokens per optimiser step over all ranks: batch_instances * tokens_per_instance."""
         return self.batch_instances * self.tokens_per_instance
 
     def validate(self) -> None:
@@ -155,9 +184,8 @@ class OptimConfig:
                      "checkpoint_every_n_steps", "cache_shard_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"optim.{name}={getattr(self, name)}: must be >= 1.")
-        if self.shuffle_buffer_tokens < self.batch_tokens:
-            raise ValueError(f"optim.shuffle_buffer_tokens={self.shuffle_buffer_tokens} is smaller than one batch "
-                             f"({self.batch_tokens} tokens): raise it to at least 2x the batch for real mixing.")
+        if self.micro_batch_instances is not None and self.micro_batch_instances < 1:
+            raise ValueError(f"optim.micro_batch_instances={self.micro_batch_instances}: must be >= 1 or null.")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"optim.grad_clip={self.grad_clip}: must be > 0, or null to disable clipping.")
         if self.cache_dtype not in ("bfloat16", "float16", "float32"):

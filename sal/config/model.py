@@ -41,6 +41,9 @@ class ModelConfig:
     (sal.hardware); validation replaces it by the resolved name."""
     device: str = "auto"
     """auto (cuda when available, else cpu), cpu, cuda, cuda:N."""
+    n_params: float = 1.35e8
+    """Parameters of the subject model (its model card), for the training plan's memory
+    estimate before any weights load."""
     default_sparsity: float = 5e-3
     """Sparsity coefficient the paper used for this model (3e-3 for Qwen2.5-14B)."""
     max_seq_len: int = 512

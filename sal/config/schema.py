@@ -69,6 +69,11 @@ class SALConfig:
     run_dir: Optional[str] = None
     """Read and write this run directory instead of Hydra's output dir (e.g. to point
     extract_rules.py at one job of a training sweep)."""
+    plan: bool = False
+    """train.py: print the training plan (batch split, peak memory per device, FLOPs) and exit
+    without loading the subject model."""
+    plan_out: Optional[str] = None
+    """train.py: also write the training plan as JSON to this path."""
     null_model: bool = False
     """Also run the pipeline on a randomly initialised copy of the subject model (control)."""
     seed: int = 0
@@ -104,7 +109,9 @@ def resolve_auto_dtypes(cfg: SALConfig) -> None:
     (bfloat16 on a GPU or a CPU with native bf16, float32 elsewhere; sal.hardware)."""
     from sal.hardware import resolve_dtype
 
-    cfg.model.dtype = resolve_dtype(cfg.model.dtype, cfg.model.device)
+    # A GPU trainer puts an "auto"-placed subject model on the GPU, wherever the config is composed.
+    on_gpu = cfg.model.device == "auto" and cfg.trainer.accelerator in ("gpu", "cuda")
+    cfg.model.dtype = resolve_dtype(cfg.model.dtype, "cuda" if on_gpu else cfg.model.device)
     cfg.judge.hf_dtype = resolve_dtype(cfg.judge.hf_dtype, cfg.judge.hf_device)
 
 

@@ -4,7 +4,7 @@ ddp_8xa100)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Optional, Union
 
 _ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 _PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
@@ -34,6 +34,14 @@ class TrainerConfig:
     """torch deterministic algorithms (slower on GPU)."""
     matmul_precision: str = "high"
     """torch.set_float32_matmul_precision on GPU: highest | high (TF32) | medium."""
+    device_memory_gib: Optional[float] = None
+    """Memory of one device for the training plan; None reads the visible GPU (or, on CPU,
+    this host's RAM). Presets for GPUs that are not visible at planning time set it."""
+    device_peak_tflops: Optional[float] = None
+    """Dense peak of one device in the training precision (A100 bf16: 312), for the plan's
+    time-per-step estimate; None leaves the estimate out."""
+    assumed_mfu: float = 0.4
+    """Model-FLOPs utilisation assumed by the plan's time-per-step estimate."""
 
     def validate(self) -> None:
         if self.accelerator not in _ACCELERATORS:
@@ -51,6 +59,12 @@ class TrainerConfig:
             raise ValueError(f"trainer.num_nodes={self.num_nodes}: must be >= 1.")
         if self.log_every_n_steps < 1:
             raise ValueError(f"trainer.log_every_n_steps={self.log_every_n_steps}: must be >= 1.")
+        if self.device_memory_gib is not None and self.device_memory_gib <= 0:
+            raise ValueError(f"trainer.device_memory_gib={self.device_memory_gib}: must be > 0 or null.")
+        if self.device_peak_tflops is not None and self.device_peak_tflops <= 0:
+            raise ValueError(f"trainer.device_peak_tflops={self.device_peak_tflops}: must be > 0 or null.")
+        if not 0 < self.assumed_mfu <= 1:
+            raise ValueError(f"trainer.assumed_mfu={self.assumed_mfu}: must be in (0, 1].")
         if self.matmul_precision not in ("highest", "high", "medium"):
             raise ValueError(f"trainer.matmul_precision={self.matmul_precision!r}: highest | high | medium.")
 
@@ -70,7 +84,8 @@ class TrainerConfig:
     @classmethod
     def ddp_8xa100(cls) -> "TrainerConfig":
         """8 GPUs per node, bf16 mixed precision; set num_nodes for multi-node (SLURM)."""
-        return cls(accelerator="gpu", devices=8, strategy="ddp", precision="bf16-mixed")
+        return cls(accelerator="gpu", devices=8, strategy="ddp", precision="bf16-mixed", device_memory_gib=80.0,
+                   device_peak_tflops=312.0)
 
 
 TRAINER_PRESETS = {

@@ -11,6 +11,17 @@ from sal.pipeline.common import build_corpus, log, resolved_container, save_reso
 
 def run(cfg: DictConfig) -> dict:
     typed, run_dir = setup(cfg)
+    from sal.training.plan import make_plan, refusal
+
+    # The plan comes from the configs alone: a job that cannot fit stops before any weights load.
+    plan = make_plan(typed.crosscoder, typed.optim, typed.model, typed.trainer, typed.layers.indices)
+    print(f"[train] plan:\n{plan.format()}")
+    if typed.plan_out:
+        plan.write(typed.plan_out)
+    if typed.plan:
+        return plan.to_dict()
+    if not plan.fits:
+        raise ValueError(refusal(plan))
     save_resolved_config(cfg, typed, run_dir / "config" / "train.yaml")
 
     from sal.data.corpus import document_texts
@@ -27,6 +38,7 @@ def run(cfg: DictConfig) -> dict:
         model_name=typed.model.name,
         subject_model=dataclasses.asdict(typed.model),
         resolved_config=resolved_container(cfg, typed),
+        plan=plan,
     )
     print(f"[train] {typed.model.name}: {format_summary(result.summary)}")
     print(f"[train] crosscoder exported to {result.export_dir}")

@@ -206,6 +206,7 @@ class CachedActivationStream(IterableDataset):
 
     def __init__(self, cache_dir: str | os.PathLike, batch_tokens: int, shuffle_buffer_tokens: int, seed: int = 0,
                  start_tokens: int = 0, device: torch.device | str = "cpu", epochs: int | None = None) -> None:
+        # device: where the shuffle buffer lives (host memory unless told otherwise).
         super().__init__()
         self.dir = Path(cache_dir)
         self.index = json.loads((self.dir / "index.json").read_text())
@@ -217,7 +218,8 @@ class CachedActivationStream(IterableDataset):
 
         shard, n_shards = shard_index()
         buffer = ShuffleBuffer(self.buffer_tokens, self.batch_tokens,
-                               torch.Generator().manual_seed(_seed(self.seed, "cache-buffer", shard, self.start_tokens)))
+                               torch.Generator().manual_seed(_seed(self.seed, "cache-buffer", shard, self.start_tokens)),
+                               device=self.device)
         files = self.index["shards"]
         skip = self.start_tokens
         epoch = 0
@@ -232,6 +234,6 @@ class CachedActivationStream(IterableDataset):
                     continue
                 rows, skip = rows[skip:], 0
                 acts = load_file(str(self.dir / files[fi]["file"]))["acts"]
-                yield from buffer.push(acts[rows].to(self.device))
+                yield from buffer.push(acts[rows])
             epoch += 1
         yield from buffer.flush()

@@ -61,18 +61,23 @@ class ShuffleBuffer:
     documents, so every batch draws from many documents.
     """
 
-    def __init__(self, capacity: int, batch_tokens: int, generator: torch.Generator) -> None:
+    def __init__(self, capacity: int, batch_tokens: int, generator: torch.Generator,
+                 device: torch.device | str = "cpu") -> None:
         if capacity < batch_tokens:
             raise ValueError(f"shuffle buffer capacity {capacity} < batch_tokens {batch_tokens}: "
                              f"raise optim.shuffle_buffer_tokens.")
         self.capacity, self.batch_tokens, self.gen = int(capacity), int(batch_tokens), generator
+        # Host memory by default: at paper shapes the buffer (2^17 tokens x 8 layers x 5120
+        # bf16 values, 10 GiB) would otherwise sit on the GPU beside the subject model; the
+        # trainer moves each batch to the device.
+        self.device = torch.device(device)
         self.keep = min(self.capacity // 2, self.capacity - self.batch_tokens)
         self.storage_NLD: Tensor | None = None
         self.n = 0
 
     def push(self, acts_NLD: Tensor) -> Iterator[Tensor]:
         if self.storage_NLD is None:
-            self.storage_NLD = acts_NLD.new_empty((self.capacity, *acts_NLD.shape[1:]))
+            self.storage_NLD = acts_NLD.new_empty((self.capacity, *acts_NLD.shape[1:]), device=self.device)
         pos = 0
         while pos < acts_NLD.shape[0]:
             take = min(self.capacity - self.n, acts_NLD.shape[0] - pos)
@@ -206,15 +211,19 @@ class ActivationDataModule(L.LightningDataModule):
     """
 
     def __init__(self, model, tokenizer, texts: Sequence[str], layers: Sequence[int], optim, seed: int = 0,
-                 model_name: str = "", capture_fn: Callable | None = None, mask_fn: Callable | None = None) -> None:
+                 model_name: str = "", capture_fn: Callable | None = None, mask_fn: Callable | None = None,
+                 micro_batch_tokens: int | None = None, rank_step_tokens: int | None = None) -> None:
         super().__init__()
         self.model, self.tokenizer, self.texts, self.layers = model, tokenizer, list(texts), list(layers)
         self.optim, self.seed, self.model_name = optim, seed, model_name
         self.capture_fn, self.mask_fn = capture_fn, mask_fn
+        # One rank's share of an optimiser step, and the batches it is fed in (the plan).
+        self.rank_step_tokens = rank_step_tokens or optim.batch_tokens
+        self.micro_batch_tokens = micro_batch_tokens or self.rank_step_tokens
 
     def _start_tokens(self) -> int:
         step = self.trainer.global_step if self.trainer is not None else 0
-        return step * self.optim.batch_tokens
+        return step * self.rank_step_tokens
 
     def train_dataloader(self) -> DataLoader:
         o = self.optim
@@ -229,11 +238,10 @@ class ActivationDataModule(L.LightningDataModule):
             cache_dir = ensure_activation_cache(o.activation_cache, self.model, self.tokenizer, self.texts,
                                                 self.layers, o, model_name=self.model_name,
                                                 capture_fn=self.capture_fn, mask_fn=self.mask_fn)
-            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-            dataset = CachedActivationStream(cache_dir, o.batch_tokens, o.shuffle_buffer_tokens, seed=self.seed,
-                                             start_tokens=start, device=device)
+            dataset = CachedActivationStream(cache_dir, self.micro_batch_tokens, o.shuffle_buffer_tokens, seed=self.seed,
+                                             start_tokens=start)
         else:
-            dataset = ActivationStream(self.model, self.tokenizer, self.texts, self.layers, o.batch_tokens,
+            dataset = ActivationStream(self.model, self.tokenizer, self.texts, self.layers, self.micro_batch_tokens,
                                        o.shuffle_buffer_tokens, o.max_tokens_per_instance, o.docs_per_forward,
                                        seed=self.seed, start_tokens=start, capture_fn=self.capture_fn,
                                        mask_fn=self.mask_fn)

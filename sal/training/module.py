@@ -6,13 +6,14 @@ minimises ``mse + alpha(step) * sparsity`` (ReLU) or ``mse + aux_coef * aux`` (T
 AdamW, a constant LR with a linear cool-down over the last 20% of steps, and alpha ramped
 linearly from 0 over the first 20%.
 
-Logged every step (rank 0): ``train/loss, train/mse, train/sparsity, train/sparsity_coef,
-train/lr, train/nmse, train/fvu, train/fvu/layer_<i>, train/l0, train/l0/layer_<i>,
-train/dead_frac, train/tokens_per_s, train/grad_norm`` (before clipping; + ``train/aux``
-for TopK). Here
+Logged every trainer.log_every_n_steps steps (rank 0): ``train/loss, train/mse,
+train/sparsity, train/sparsity_coef, train/lr, train/nmse, train/fvu, train/fvu/layer_<i>,
+train/l0, train/l0/layer_<i>, train/l0_features, train/dead_frac, train/tokens_per_s,
+train/tokens_per_step, train/grad_norm`` (before clipping; + ``train/aux`` for TopK). Here
 ``nmse = sum ||x - x_hat||^2 / sum ||x||^2`` and
 ``fvu = sum ||x - x_hat||^2 / sum ||x - mean_batch(x)||^2`` over the batch (normalised
-units, so every layer weighs equally), ``l0`` = active (feature, layer) pairs per token, and
+units, so every layer weighs equally), ``l0`` = active (feature, layer) pairs per token,
+``l0_features`` = distinct active features per token (the paper's count), and
 ``dead_frac`` = fraction of the C features with no layer firing over the last
 ``dead_window_tokens`` tokens (all ranks pooled).
 """
@@ -32,6 +33,7 @@ from torch import Tensor
 from sal.config.crosscoder import CrosscoderConfig, OptimConfig
 from sal.crosscoder import Crosscoder, ScaleAccumulator, build_crosscoder
 from sal.training.schedules import lr_at, sparsity_coef_at
+from sal.training.sparsity_control import SparsityController
 
 
 def as_config(obj: Any, cls: type):
@@ -62,8 +64,11 @@ class CrosscoderModule(L.LightningModule):
     """Trains a :class:`~sal.crosscoder.Crosscoder` on batches of raw activations."""
 
     def __init__(self, crosscoder: CrosscoderConfig | dict, optim: OptimConfig | dict, n_layers: int,
-                 d_model: int) -> None:
+                 d_model: int, accumulate_grad_batches: int = 1) -> None:
         super().__init__()
+        self.accumulate = int(accumulate_grad_batches)
+        """Micro-batches per optimiser step on each rank (the training plan)."""
+        self._micro = 0  # micro-batches seen since the fit started (checkpoints fall on step ends)
         self.cc_cfg = as_config(crosscoder, CrosscoderConfig)
         self.optim_cfg = as_config(optim, OptimConfig)
         self.cc_cfg.validate()
@@ -72,6 +77,14 @@ class CrosscoderModule(L.LightningModule):
                                    "optim": dataclasses.asdict(self.optim_cfg),
                                    "n_layers": n_layers, "d_model": d_model})
         self.crosscoder: Crosscoder = build_crosscoder(self.cc_cfg, n_layers, d_model, seed=self.cc_cfg.seed)
+        self.sparsity_control: SparsityController | None = None
+        if self.cc_cfg.target_l0 is not None:
+            steps = self.optim_cfg.max_steps
+            self.sparsity_control = SparsityController(
+                self.cc_cfg.target_l0, self.cc_cfg.sparsity_coef,
+                first_step=int(self.optim_cfg.sparsity_warmup_frac * steps),
+                last_step=max(1, int(self.cc_cfg.target_l0_adapt_frac * steps)))
+        self._l0_sum = self._l0_tokens = 0.0  # this optimiser step's micro-batches, for the controller
         # Consecutive tokens (all ranks) since each (layer, feature) latent last fired.
         self.register_buffer("tokens_since_fired", torch.zeros(n_layers, self.cc_cfg.n_features, dtype=torch.long))
         self._t_last: float | None = None
@@ -87,8 +100,10 @@ class CrosscoderModule(L.LightningModule):
     def current_sparsity_coef(self) -> float:
         if self.cc_cfg.arch == "topk":
             return 0.0
-        return sparsity_coef_at(self.global_step, self.max_steps, self.cc_cfg.sparsity_coef,
-                                self.optim_cfg.sparsity_warmup_frac)
+        # With a target L0 the ramp leads to the controller's alpha, which it adapts from the
+        # end of the ramp (before that, L0 mostly reflects the dense initialisation).
+        final = self.sparsity_control.coef if self.sparsity_control is not None else self.cc_cfg.sparsity_coef
+        return sparsity_coef_at(self.global_step, self.max_steps, final, self.optim_cfg.sparsity_warmup_frac)
 
     def configure_optimizers(self):
         o = self.optim_cfg
@@ -140,6 +155,7 @@ class CrosscoderModule(L.LightningModule):
     # ------------------------------------------------------------------ training
     def on_train_start(self) -> None:
         self._t_last, self._t_last_step = time.perf_counter(), self.global_step - 1
+        self._micro = 0
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         acts_BLD = batch[0] if isinstance(batch, (list, tuple)) else batch
@@ -150,7 +166,11 @@ class CrosscoderModule(L.LightningModule):
         coef = self.current_sparsity_coef()
         out = self.crosscoder.loss(x_BLD, coef, dead_mask_LC=self.dead_mask())
         active_LC = self._track_dead(out.feats_BLC.detach(), n_tokens)
-        if not self._metrics_step():
+        self._micro += 1
+        if self.sparsity_control is not None and self.sparsity_control.adapting(self.global_step):
+            self._control_sparsity(out.feats_BLC.detach(), active_LC, n_tokens)
+        # Metrics describe an optimiser step: measured on its last micro-batch.
+        if self._micro % self.accumulate or not self._metrics_step():
             return out.total
         metrics = self._step_metrics(x_BLD, out, coef, n_tokens, active_LC)
         self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, logger=True)
@@ -164,6 +184,22 @@ class CrosscoderModule(L.LightningModule):
                 self.first_metrics = floats
             self.recent_metrics.append(floats)
         return out.total
+
+    @torch.no_grad()
+    def _control_sparsity(self, feats_BLC: Tensor, active_LC: Tensor, n_tokens: int) -> None:
+        """Feed this optimiser step's L0 (all micro-batches, all ranks) to the controller."""
+        if self.cc_cfg.target_l0_unit == "pairs":
+            l0_sum = active_LC.sum().float()
+        else:
+            l0_sum = (feats_BLC > 0).any(dim=1).sum().float()
+        self._l0_sum += float(l0_sum)
+        self._l0_tokens += n_tokens
+        if self._micro % self.accumulate:
+            return
+        pooled = self._all_reduce(torch.tensor([self._l0_sum, self._l0_tokens], dtype=torch.float64,
+                                               device=self.device))
+        self._l0_sum = self._l0_tokens = 0.0
+        self.sparsity_control.update(self.global_step, float(pooled[0] / pooled[1]))
 
     def _metrics_step(self) -> bool:
         """Whether this step's metrics are computed: the steps the loggers write (every
@@ -199,7 +235,8 @@ class CrosscoderModule(L.LightningModule):
         elapsed = now - (self._t_last or now)
         steps = max(step - self._t_last_step, 1)
         self._t_last, self._t_last_step = now, step
-        tps = (n_tokens * world * steps / elapsed) if elapsed > 0 else 0.0
+        step_tokens = n_tokens * world * self.accumulate  # the global batch
+        tps = (step_tokens * steps / elapsed) if elapsed > 0 else 0.0
         lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer is not None else self.optim_cfg.lr
 
         m: dict[str, Tensor | float] = {
@@ -211,6 +248,10 @@ class CrosscoderModule(L.LightningModule):
             "train/nmse": err_L.sum() / sq_L.sum().clamp_min(1e-12),
             "train/fvu": err_L.sum() / var_L.sum().clamp_min(1e-12),
             "train/l0": l0_L.sum(),
+            # Distinct features per token (a feature counts once whatever its layers): the
+            # paper's "active features", next to l0's (feature, layer) pairs.
+            "train/l0_features": (out.feats_BLC.detach() > 0).any(dim=1).sum(dim=1).float().mean(),
+            "train/tokens_per_step": float(step_tokens),
             "train/dead_frac": dead_frac,
             "train/tokens_per_s": float(tps),
         }
@@ -235,7 +276,9 @@ class CrosscoderModule(L.LightningModule):
         """Mean of the last (up to 20) steps' metrics, plus the first step's fvu/nmse."""
         if not self.recent_metrics:
             return {}
-        keys = ("train/nmse", "train/fvu", "train/l0", "train/dead_frac", "train/mse", "train/tokens_per_s")
+        keys = ("train/nmse", "train/fvu", "train/l0", "train/l0_features", "train/dead_frac", "train/mse",
+                "train/tokens_per_s", "train/tokens_per_step", "train/sparsity_coef")
+        keys = [k for k in keys if all(k in r for r in self.recent_metrics)]  # checkpoints of older releases
         out = {k.split("/", 1)[1]: sum(r[k] for r in self.recent_metrics) / len(self.recent_metrics) for k in keys}
         out["last_step"] = self.recent_metrics[-1]["step"]
         if self.first_metrics is not None:

@@ -29,6 +29,7 @@ from sal.config.crosscoder import CrosscoderConfig, OptimConfig
 from sal.config.trainer import TrainerConfig
 from sal.training.data import ActivationDataModule
 from sal.training.module import CrosscoderModule, as_config
+from sal.training.plan import TrainPlan, make_plan, refusal
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,25 @@ def _d_model(model) -> int:
         if cfg is not None and getattr(cfg, name, None):
             return int(getattr(cfg, name))
     raise ValueError("Cannot read d_model from the subject model's config (hidden_size / n_embd).")
+
+
+def _strategy(name: str):
+    """Lightning strategy; DDP's gradients are views into its all-reduce buckets, so a rank
+    holds one copy of the gradients, not two (the training plan counts one)."""
+    if name == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(gradient_as_bucket_view=True)
+    return name
+
+
+def describe_model(model, d_model: int):
+    """What the training plan needs of a loaded subject model."""
+    from types import SimpleNamespace
+
+    first = next(model.parameters())
+    return SimpleNamespace(d_model=d_model, n_params=sum(p.numel() for p in model.parameters()),
+                           dtype=str(first.dtype).removeprefix("torch."))
 
 
 def run_name(model_name: str, layers: Sequence[int], cc: CrosscoderConfig) -> str:
@@ -98,15 +118,41 @@ def _export_is_complete(export_dir: Path, training: dict) -> dict | None:
     return None
 
 
+PAPER_NMSE = (0.65, 0.80)
+"""The paper's reconstruction regime (Appendix C.1)."""
+PAPER_FEATURES = (20, 30)
+"""The paper's distinct active features per token ("about 20-30")."""
+
+
 def format_summary(summary: dict) -> str:
     if not summary:
         return "no training steps were run"
     parts = [f"step {int(summary.get('last_step', -1)) + 1}",
              f"nmse {summary['nmse']:.4f}", f"fvu {summary['fvu']:.4f}",
-             f"L0 {summary['l0']:.1f}", f"dead {100 * summary['dead_frac']:.2f}%"]
+             f"L0 {summary['l0']:.1f} (feature, layer) pairs"]
+    if "l0_features" in summary:
+        parts.append(f"{summary['l0_features']:.1f} distinct features per token")
+    parts.append(f"dead {100 * summary['dead_frac']:.2f}%")
     if "first_fvu" in summary:
         parts.append(f"(fvu at step {int(summary['first_step'])}: {summary['first_fvu']:.4f})")
     return ", ".join(parts)
+
+
+def regime_verdict(summary: dict) -> str:
+    """Whether the dictionary is in the paper's regime (nmse 0.65-0.80, about 20-30 distinct
+    active features per token; "about" read as 25% either side), and the knob to turn."""
+    if not summary or "l0_features" not in summary:
+        return "no verdict: no training metrics"
+    nmse, feats = summary["nmse"], summary["l0_features"]
+    lo, hi = PAPER_FEATURES[0] * 0.75, PAPER_FEATURES[1] * 1.25
+    where = f"nmse {nmse:.2f}, {feats:.1f} distinct features per token"
+    if PAPER_NMSE[0] <= nmse <= PAPER_NMSE[1] and lo <= feats <= hi:
+        return f"in the paper's regime ({where})"
+    if feats > hi or nmse < PAPER_NMSE[0]:
+        return (f"denser than the paper's regime ({where}; paper: nmse 0.65-0.80, 20-30 features): raise the "
+                f"sparsity coefficient (sparsity=...), or check crosscoder.mse_reduction=mean")
+    return (f"sparser than the paper's regime ({where}; paper: nmse 0.65-0.80, 20-30 features): lower the "
+            f"sparsity coefficient (sparsity=...)")
 
 
 def train_crosscoder(
@@ -126,6 +172,7 @@ def train_crosscoder(
     callbacks: Sequence[Callback] = (),
     capture_fn: Callable | None = None,
     mask_fn: Callable | None = None,
+    plan: TrainPlan | None = None,
 ) -> TrainResult:
     """Train a crosscoder on ``model``'s residual stream at ``layers`` over ``texts``.
 
@@ -142,6 +189,7 @@ def train_crosscoder(
         resolved_config: the resolved Hydra config, attached to W&B and config.json.
         callbacks: extra Lightning callbacks.
         capture_fn, mask_fn: replacements for ``residual_stream`` / ``valid_token_mask``.
+        plan: the batch split (sal.training.plan); None plans here from the loaded model.
     """
     cc = as_config(crosscoder, CrosscoderConfig)
     opt = as_config(optim, OptimConfig)
@@ -164,18 +212,25 @@ def train_crosscoder(
         torch.set_float32_matmul_precision(tcfg.matmul_precision)
     L.seed_everything(cc.seed, workers=True, verbose=False)
     d_model = _d_model(model)
-    module = CrosscoderModule(cc, opt, n_layers=len(layers), d_model=d_model)
+    if plan is None:
+        plan = make_plan(cc, opt, describe_model(model, d_model), tcfg, layers)
+    if not plan.fits:
+        raise ValueError(refusal(plan))
+    module = CrosscoderModule(cc, opt, n_layers=len(layers), d_model=d_model,
+                              accumulate_grad_batches=plan.accumulate_grad_batches)
     datamodule = ActivationDataModule(model, tokenizer, texts, layers, opt, seed=cc.seed, model_name=model_name,
-                                      capture_fn=capture_fn, mask_fn=mask_fn)
+                                      capture_fn=capture_fn, mask_fn=mask_fn, micro_batch_tokens=plan.micro_batch_tokens,
+                                      rank_step_tokens=plan.per_rank_instances * opt.tokens_per_instance)
     ckpt_cb = ModelCheckpoint(dirpath=str(ckpt_dir), save_top_k=0, save_last=True,
                               every_n_train_steps=opt.checkpoint_every_n_steps, enable_version_counter=False)
     config = resolved_config or {"crosscoder": training["crosscoder"], "optim": training["optim"],
                                  "trainer": dataclasses.asdict(tcfg), "layers": layers, "model": model_name}
     pl_trainer = L.Trainer(
-        accelerator=tcfg.accelerator, devices=tcfg.devices, num_nodes=tcfg.num_nodes, strategy=tcfg.strategy,
+        accelerator=tcfg.accelerator, devices=tcfg.devices, num_nodes=tcfg.num_nodes, strategy=_strategy(tcfg.strategy),
         # Gradient clipping happens in CrosscoderModule.on_before_optimizer_step (not via
         # gradient_clip_val, which Lightning refuses for fused AdamW under mixed precision).
         precision=tcfg.precision, max_steps=opt.max_steps, max_epochs=-1,
+        accumulate_grad_batches=plan.accumulate_grad_batches,
         log_every_n_steps=tcfg.log_every_n_steps, callbacks=[ckpt_cb, *callbacks],
         logger=_make_loggers(run_dir, logger, run_name(model_name, layers, cc), config),
         default_root_dir=str(run_dir), enable_progress_bar=tcfg.enable_progress_bar, enable_model_summary=False,
@@ -206,4 +261,6 @@ def train_crosscoder(
         module.crosscoder.save_pretrained(export_dir, extra, fold_scales=cc.fold_scales_on_export)
         print(f"Crosscoder exported to {export_dir}")
         print(f"Final (mean of last steps, normalised units): {format_summary(summary)}")
+        verdict = regime_verdict(summary)
+        (print if verdict.startswith("in the") else log.warning)(f"Dictionary: {verdict}")
     return TrainResult(export_dir, summary, resumed_from, pl_trainer.global_step)

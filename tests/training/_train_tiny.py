@@ -58,6 +58,10 @@ class DumpWeights(Callback):
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
+        self.micro_batch_tokens: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.micro_batch_tokens.append(int(batch.shape[0]))
 
     def on_train_end(self, trainer, pl_module) -> None:
         from safetensors.torch import save_file
@@ -65,7 +69,10 @@ class DumpWeights(Callback):
         state = {k: v.detach().cpu().contiguous() for k, v in pl_module.crosscoder.state_dict().items()}
         save_file(state, str(self.out_dir / f"rank{trainer.global_rank}.safetensors"))
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(
-            json.dumps({"global_step": trainer.global_step, "world_size": trainer.world_size}))
+            json.dumps({"global_step": trainer.global_step, "world_size": trainer.world_size,
+                        "accumulate_grad_batches": trainer.accumulate_grad_batches,
+                        "micro_batch_tokens": self.micro_batch_tokens,
+                        "summary": pl_module.summary() if trainer.is_global_zero else None}))
 
 
 def main() -> None:
@@ -77,13 +84,15 @@ def main() -> None:
     p.add_argument("--strategy", default="auto")
     p.add_argument("--step-sleep", type=float, default=0.0)
     p.add_argument("--dump-weights", action="store_true")
+    p.add_argument("--micro-batch", type=int, default=None)
     args = p.parse_args()
     torch.set_num_threads(1)
     run_dir = Path(args.run_dir)
     model, tok = tiny_llama()
     cc = CrosscoderConfig(n_features=128, dead_window_tokens=1000)
     opt = OptimConfig(max_steps=args.max_steps, batch_instances=4, tokens_per_instance=32, max_tokens_per_instance=48,
-                      docs_per_forward=4, shuffle_buffer_tokens=512, checkpoint_every_n_steps=args.ckpt_every, lr=1e-3)
+                      docs_per_forward=4, shuffle_buffer_tokens=512, checkpoint_every_n_steps=args.ckpt_every, lr=1e-3,
+                      micro_batch_instances=args.micro_batch)
     tcfg = TrainerConfig(accelerator="cpu", devices=args.devices, strategy=args.strategy, enable_progress_bar=False)
     callbacks = []
     if args.step_sleep:

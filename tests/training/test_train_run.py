@@ -1,4 +1,5 @@
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -126,3 +127,20 @@ def test_two_process_cpu_ddp_ends_with_identical_weights_on_both_ranks(tmp_path)
     init = Crosscoder(3, 32, 128)
     assert not torch.equal(r0["W_dec"], init.W_dec.detach())  # they trained (same seed, same init)
     assert (tmp_path / "rank1.json").read_text().count('"world_size": 2') == 1
+
+
+def test_global_batch_is_split_over_a_cpu_ddp_world_of_two_with_accumulation(tmp_path):
+    # batch_instances=4 is the global batch: 2 per rank, fed as 2 micro-batches of 1 instance
+    # (32 tokens) accumulated into each optimiser step of 4 * 32 = 128 tokens.
+    out, _ = _run(tmp_path, "--max-steps", "3", "--devices", "2", "--strategy", "ddp", "--micro-batch", "1",
+                  "--dump-weights").communicate(timeout=240)
+    assert out.count("RESULT resumed_from=None global_step=3") == 2, out[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for info in ranks:
+        assert info["world_size"] == 2 and info["accumulate_grad_batches"] == 2
+        assert info["micro_batch_tokens"] == [32] * 6  # 3 steps x 2 micro-batches
+    assert ranks[0]["summary"]["tokens_per_step"] == 128
+    from safetensors.torch import load_file
+
+    r0, r1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2))
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
