@@ -30,8 +30,10 @@ gradient clipping at 1, activation scales fitted on the first batch). If that ca
 is being changed concurrently), ``--trainer auto`` falls back to :func:`train_loop`, a plain
 loop with the same semantics as ``sal.training.module.CrosscoderModule`` whose batches are
 drawn uniformly from the cached training tokens. The path each run used is recorded in
-``frontier.json`` and the table. A finished Lightning run is a no-op on rerun (its export
-records the training config), so an interrupted sweep resumes where it stopped.
+``frontier.json`` and the table. Runs live under ``--work-dir`` (``runs/frontier_bench``); a
+run whose export records a training config matching this benchmark's explicit settings
+(:func:`crosscoder_spec`, :func:`optim_spec`) is reused, not retrained, so an interrupted
+sweep resumes where it stopped and a grid can be extended at the cost of the new points.
 
 Metrics, on the held-out tokens with the final exported dictionary, in normalised units
 (``E ||x_l||^2 = D`` per layer, scales from training): ``nmse = sum ||x - x_hat||^2 /
@@ -40,8 +42,11 @@ active (feature, layer) pairs per token; ``L0 features`` = distinct active featu
 (a feature counts once if any of its layers fires: the paper's "active features"); ``dead`` =
 fraction of the C features that fire on no held-out token at any layer.
 
-Run (about 25-40 min on 2 shared AVX2 cores, most of it training; the one-off activation
-cache adds ~10 min)::
+Cost on 2 AVX2 cores: the one-off activation caches take ~16 min (the subject model runs at
+~100-150 tokens/s in float32); each of the 17 default runs trains in ~100 s on idle cores and
+took 100-400 s on the shared ones (TopK is the slowest: the batch-wide top-k over [L, B, C] and
+AuxK). A rerun that finds every run done only evaluates (~3 min). ``--families`` and the
+per-family grids (``--relu-sum``, ``--relu-mean``, ``--topk``) select subsets::
 
     .venv/bin/python benchmarks/frontier_bench.py                       # full sweep -> docs/
     .venv/bin/python benchmarks/frontier_bench.py --quick               # smoke test, ~2 min
@@ -245,13 +250,14 @@ def _matches(saved: dict, spec: dict) -> bool:
     return all(k in saved and saved[k] == v for k, v in spec.items())
 
 
-def finished_export(run_dir: Path, cc_spec: dict, optim_spec_: dict) -> tuple[Path, str] | None:
+def finished_export(run_dir: Path, cc_spec: dict, optim_spec_: dict,
+                    paths: Sequence[str] = ("lightning", "loop")) -> tuple[Path, str] | None:
     """(export dir, training path) of a finished run in ``run_dir`` whose recorded training
     config matches the specs on every field they set, if any. Fields the specs leave out (the
     concurrently added ones, e.g. an inert target-L0 controller) are not compared."""
     for name, path in (("crosscoder", "lightning"), ("crosscoder-loop", "loop")):
         cfg_path = run_dir / name / "config.json"
-        if not cfg_path.exists():
+        if path not in paths or not cfg_path.exists():
             continue
         cfg = json.loads(cfg_path.read_text())
         training = cfg.get("training") or {}
@@ -363,6 +369,11 @@ def evaluate_batch_topk(crosscoder: Crosscoder, acts_NLD: Tensor, batch_tokens: 
         crosscoder.eval()
 
 
+def mean_only_nmse(results: Sequence[dict]) -> float:
+    """nmse of predicting the held-out mean: nmse / fvu = sum ||x - mean||^2 / sum ||x||^2."""
+    return results[0]["nmse"] / results[0]["fvu"] if results else float("nan")
+
+
 def in_paper_regime(r: dict) -> bool:
     return PAPER_NMSE[0] <= r["nmse"] <= PAPER_NMSE[1] and PAPER_FEATURES[0] <= r["l0_features"] <= PAPER_FEATURES[1]
 
@@ -417,7 +428,8 @@ Written by `benchmarks/frontier_bench.py` (see its docstring for the method).
   threshold at evaluation)
 - Metrics on the held-out tokens, normalised units; "L0 features" = distinct features per token (the
   paper's "active features"); "dead frac" = features silent on every held-out token
-- Paper's regime: nmse {PAPER_NMSE[0]}-{PAPER_NMSE[1]} with {PAPER_FEATURES[0]}-{PAPER_FEATURES[1]} features
+- Paper's regime: nmse {PAPER_NMSE[0]}-{PAPER_NMSE[1]} with {PAPER_FEATURES[0]}-{PAPER_FEATURES[1]} features; for
+  scale, predicting every held-out token by the held-out mean gives nmse {mean_only_nmse(results):.3f} (fvu 1)
 - Wall time of this invocation {meta['wall_s'] / 60:.1f} min (activation caches {meta['cache_s']:.0f} s); training
   time summed over the runs {sum(r['train_s'] for r in results) / 60:.1f} min ("train s": each run's first
   training, kept when a rerun finds it done)
@@ -460,9 +472,12 @@ def plot_frontier(results: Sequence[dict], path: Path, title: str) -> Path:
             rows_b = sorted(rows, key=lambda r: r["batchtopk_l0_features"])
             ax.plot([r["batchtopk_l0_features"] for r in rows_b], [r["batchtopk_nmse"] for r in rows_b], "o--",
                     mfc="none", color=COLOURS[family], label="topk (BatchTopK selection, as in training)")
+    if results:
+        mean_only = mean_only_nmse(results)
+        ax.axhline(mean_only, color="grey", lw=0.8, ls=":", label=f"held-out mean alone (fvu = 1): {mean_only:.2f}")
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("distinct active features per token (held out)")
     ax.set_ylabel("nmse (held out, normalised units)")
@@ -524,7 +539,8 @@ def run_one(family: str, value: float, s: Setting, ctx: dict, trainer: str) -> d
     t0 = time.perf_counter()
     path = "lightning"
     export: Path | None = None
-    done = finished_export(run_dir, crosscoder_spec(family, value, s), optim_spec(s))
+    allowed = {"auto": ("lightning", "loop"), "lightning": ("lightning",), "loop": ("loop",)}[trainer]
+    done = finished_export(run_dir, crosscoder_spec(family, value, s), optim_spec(s), allowed)
     if done is not None:
         export, path = done
     elif trainer in ("auto", "lightning") and not ctx.get("lightning_broken"):
