@@ -165,14 +165,22 @@ class CrosscoderModule(L.LightningModule):
         x_BLD = self.crosscoder.normalise(acts_BLD.float())
         coef = self.current_sparsity_coef()
         out = self.crosscoder.loss(x_BLD, coef, dead_mask_LC=self.dead_mask())
-        active_LC = self._track_dead(out.feats_BLC.detach(), n_tokens)
+        feats_BLC = out.feats_BLC.detach()
+        active_LC = self._track_dead(feats_BLC, n_tokens)
         self._micro += 1
-        if self.sparsity_control is not None and self.sparsity_control.adapting(self.global_step):
-            self._control_sparsity(out.feats_BLC.detach(), active_LC, n_tokens)
+        step_end = self._micro % self.accumulate == 0  # the last micro-batch of an optimiser step
         # Metrics describe an optimiser step: measured on its last micro-batch.
-        if self._micro % self.accumulate or not self._metrics_step():
+        log_step = step_end and self._metrics_step()
+        controlling = self.sparsity_control is not None and self.sparsity_control.adapting(self.global_step)
+        by_features = self.cc_cfg.target_l0_unit == "features"
+        # Distinct active features summed over tokens (a feature counts once whatever its
+        # layers): a logged metric and the controller's default unit, computed once.
+        features_sum = (feats_BLC > 0).any(dim=1).sum() if log_step or (controlling and by_features) else None
+        if controlling:
+            self._control_sparsity(features_sum if by_features else active_LC.sum(), n_tokens, step_end)
+        if not log_step:
             return out.total
-        metrics = self._step_metrics(x_BLD, out, coef, n_tokens, active_LC)
+        metrics = self._step_metrics(x_BLD, out, coef, n_tokens, active_LC, features_sum)
         self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, logger=True)
         self.log("fvu", metrics["train/fvu"], prog_bar=True, logger=False)
         self.log("l0", metrics["train/l0"], prog_bar=True, logger=False)
@@ -186,15 +194,12 @@ class CrosscoderModule(L.LightningModule):
         return out.total
 
     @torch.no_grad()
-    def _control_sparsity(self, feats_BLC: Tensor, active_LC: Tensor, n_tokens: int) -> None:
-        """Feed this optimiser step's L0 (all micro-batches, all ranks) to the controller."""
-        if self.cc_cfg.target_l0_unit == "pairs":
-            l0_sum = active_LC.sum().float()
-        else:
-            l0_sum = (feats_BLC > 0).any(dim=1).sum().float()
+    def _control_sparsity(self, l0_sum: Tensor, n_tokens: int, step_end: bool) -> None:
+        """Feed this optimiser step's L0 (all micro-batches, all ranks) to the controller;
+        ``l0_sum`` is the micro-batch's L0 in the controller's unit, summed over its tokens."""
         self._l0_sum += float(l0_sum)
         self._l0_tokens += n_tokens
-        if self._micro % self.accumulate:
+        if not step_end:
             return
         pooled = self._all_reduce(torch.tensor([self._l0_sum, self._l0_tokens], dtype=torch.float64,
                                                device=self.device))
@@ -220,7 +225,8 @@ class CrosscoderModule(L.LightningModule):
         return active_LC
 
     @torch.no_grad()
-    def _step_metrics(self, x_BLD: Tensor, out, coef: float, n_tokens: int, active_LC: Tensor) -> dict[str, Tensor]:
+    def _step_metrics(self, x_BLD: Tensor, out, coef: float, n_tokens: int, active_LC: Tensor,
+                      features_sum: Tensor) -> dict[str, Tensor]:
         world = self.trainer.world_size if self._trainer is not None else 1
         window = self.cc_cfg.dead_window_tokens
         dead_frac = (self.tokens_since_fired >= window).all(dim=0).float().mean()
@@ -248,9 +254,8 @@ class CrosscoderModule(L.LightningModule):
             "train/nmse": err_L.sum() / sq_L.sum().clamp_min(1e-12),
             "train/fvu": err_L.sum() / var_L.sum().clamp_min(1e-12),
             "train/l0": l0_L.sum(),
-            # Distinct features per token (a feature counts once whatever its layers): the
-            # paper's "active features", next to l0's (feature, layer) pairs.
-            "train/l0_features": (out.feats_BLC.detach() > 0).any(dim=1).sum(dim=1).float().mean(),
+            # The paper's "active features", next to l0's (feature, layer) pairs.
+            "train/l0_features": features_sum.float() / n_tokens,
             "train/tokens_per_step": float(step_tokens),
             "train/dead_frac": dead_frac,
             "train/tokens_per_s": float(tps),

@@ -114,7 +114,7 @@ class TrainPlan:
         return path
 
     def format(self) -> str:
-        mem = ", ".join(f"{k} {v:.2f}" for k, v in self.memory_gib.items() if k != "host_buffer")
+        mem = ", ".join(f"{k} {v:.2f}" for k, v in device_parts(self.memory_gib).items())
         lines = [
             f"monitored layers: {self.layers}",
             f"batch: {self.global_batch_instances} instances per optimiser step over {self.world_size} rank(s) = "
@@ -154,12 +154,18 @@ def memory_gib(cc, optim, model, trainer, n_layers: int, micro_instances: int) -
     return mem
 
 
+def device_parts(memory: dict) -> dict:
+    """The components of ``memory_gib`` that live on the device (all but the host buffer)."""
+    return {k: v for k, v in memory.items() if k != "host_buffer"}
+
+
 def device_peak_gib(memory: dict) -> float:
     """The subject model's forward runs while the data loader fetches the next batch, between
     training steps, so its activations and the micro-batch's are never alive together."""
-    transient = {"micro_batch", "subject_forward", "host_buffer"}
-    return sum(v for k, v in memory.items() if k not in transient) + max(memory["micro_batch"],
-                                                                         memory["subject_forward"])
+    on_device = device_parts(memory)
+    transient = {"micro_batch", "subject_forward"}
+    return sum(v for k, v in on_device.items() if k not in transient) + max(memory["micro_batch"],
+                                                                            memory["subject_forward"])
 
 
 def make_plan(cc, optim, model, trainer, layers: Sequence[int], device_gib: Optional[float] = None) -> TrainPlan:
@@ -207,8 +213,8 @@ def make_plan(cc, optim, model, trainer, layers: Sequence[int], device_gib: Opti
 def refusal(plan: TrainPlan) -> str:
     """The message when even a micro-batch of one instance does not fit."""
     m = plan.memory_gib
-    device_parts = {k: v for k, v in m.items() if k != "host_buffer"}
-    biggest = max(device_parts, key=device_parts.get)
+    on_device = device_parts(m)
+    biggest = max(on_device, key=on_device.get)
     fixes = {
         "crosscoder_state": "fewer features (crosscoder.n_features) or fewer monitored layers",
         "micro_batch": "fewer tokens per instance (optim.tokens_per_instance)",

@@ -9,8 +9,8 @@ encoder's biases a learning rate at a time): a plain integral controller then ov
 kills features, and recovers slowly, since L0 climbs back far more slowly than it falls. The
 lead term reacts to where L0 is heading instead. The log makes a 2x miss worth the same
 correction at L0 = 10 and L0 = 1000.
-After ``adapt_steps`` alpha stays fixed, so the rest of training (and the LR cool-down)
-optimises one loss, the way a fixed-alpha run does. The state lives in buffers, so a
+alpha adapts over steps ``[first_step, last_step)`` and then stays fixed, so the rest of
+training (and the LR cool-down) optimises one loss, the way a fixed-alpha run does. The state lives in buffers, so a
 resumed run continues the same controller.
 """
 
