@@ -9,6 +9,7 @@ _ARCHS = ("relu", "topk")
 _NORMS = ("l2", "l1")
 _MSE_REDUCTIONS = ("sum", "mean")
 _TOPK_MODES = ("token", "batch")
+_DECODER_BIAS_INITS = ("mean", "zero")
 
 
 @dataclass
@@ -43,6 +44,11 @@ class CrosscoderConfig:
     drifting down at a fixed alpha as the dictionary trains, so a long adaptation lands closer."""
     init_decoder_norm: float = 0.1
     """Norm of each decoder row at initialisation (random directions; encoder = transpose)."""
+    init_decoder_bias: str = "mean"
+    """mean = set b_dec to the mean of the first batch's (normalised) activations, pooled over
+    ranks, before the first step; zero = leave it at 0. At zero the bias needs thousands of
+    steps to reach the mean, and meanwhile a sparse dictionary spends its few active features
+    encoding it (a paper-regime dictionary then explains less than the mean alone, fvu > 1)."""
     normalise: bool = True
     """Estimate one scale per layer on the first batch so activations have mean squared norm D."""
     fold_scales_on_export: bool = False
@@ -86,6 +92,8 @@ class CrosscoderConfig:
             raise ValueError(f"crosscoder.target_l0_unit={self.target_l0_unit!r}: choose features | pairs.")
         if not 0 < self.target_l0_adapt_frac < 1:
             raise ValueError(f"crosscoder.target_l0_adapt_frac={self.target_l0_adapt_frac}: must be in (0, 1).")
+        if self.init_decoder_bias not in _DECODER_BIAS_INITS:
+            raise ValueError(f"crosscoder.init_decoder_bias={self.init_decoder_bias!r}: choose one of {_DECODER_BIAS_INITS}.")
         if self.init_decoder_norm <= 0:
             raise ValueError(f"crosscoder.init_decoder_norm={self.init_decoder_norm}: must be > 0 (default 0.1).")
         if self.topk_mode not in _TOPK_MODES:

@@ -152,6 +152,14 @@ class CrosscoderModule(L.LightningModule):
         acc.sq_norm_sum_L, acc.n_tokens = pooled[:-1], int(pooled[-1].item())
         self.crosscoder.set_activation_scales(acc.scales(acts_BLD.shape[2]))
 
+    @torch.no_grad()
+    def _init_decoder_bias(self, x_BLD: Tensor) -> None:
+        """b_dec <- the mean normalised activation of the first micro-batch over all ranks."""
+        pooled = torch.cat([x_BLD.double().sum(dim=0).flatten(), x_BLD.new_tensor([x_BLD.shape[0]], dtype=torch.float64)])
+        pooled = self._all_reduce(pooled)
+        mean_LD = (pooled[:-1] / pooled[-1]).view(x_BLD.shape[1], x_BLD.shape[2])
+        self.crosscoder.b_dec.copy_(mean_LD.to(self.crosscoder.b_dec.dtype))
+
     # ------------------------------------------------------------------ training
     def on_train_start(self) -> None:
         self._t_last, self._t_last_step = time.perf_counter(), self.global_step - 1
@@ -163,6 +171,8 @@ class CrosscoderModule(L.LightningModule):
         if self.cc_cfg.normalise and not bool(self.crosscoder.scales_fitted):
             self._fit_scales(acts_BLD)
         x_BLD = self.crosscoder.normalise(acts_BLD.float())
+        if self.global_step == 0 and self._micro == 0 and self.cc_cfg.init_decoder_bias == "mean":
+            self._init_decoder_bias(x_BLD)
         coef = self.current_sparsity_coef()
         out = self.crosscoder.loss(x_BLD, coef, dead_mask_LC=self.dead_mask())
         feats_BLC = out.feats_BLC.detach()
