@@ -130,6 +130,8 @@ class Setting:
     lr: float = 1e-3
     seed: int = 0
     dead_window_tokens: int = 16_384
+    decoder_bias: str = "mean"
+    """crosscoder.init_decoder_bias: mean (the default) | zero (the release before it)."""
 
     @property
     def token_budget(self) -> int:
@@ -141,7 +143,7 @@ def crosscoder_spec(family: str, value: float, s: Setting) -> dict:
     defaults are being changed concurrently, and a finished run is reused only if it matches
     this spec (see :func:`finished_export`)."""
     spec = dict(n_features=s.n_features, seed=s.seed, dead_window_tokens=s.dead_window_tokens, decoder_norm="l2",
-                init_decoder_norm=0.1, normalise=True)
+                init_decoder_norm=0.1, normalise=True, init_decoder_bias=s.decoder_bias)
     if family == "topk":
         return dict(spec, arch="topk", k=int(value), topk_mode="batch", aux_k=512, aux_coef=1 / 32)
     return dict(spec, arch="relu", sparsity_coef=float(value), mse_reduction=family.split("-", 1)[1])
@@ -235,6 +237,11 @@ def run_dir_for(work_dir: Path, family: str, value: float, cc: CrosscoderConfig,
     # settings never resumes from a checkpoint of different ones, and fields added to the
     # classes since (they are being extended while sweeps run) do not orphan finished runs.
     chosen = {"cc": _non_default(cc), "optim": {k: v for k, v in _non_default(optim).items() if k not in BOOKKEEPING}}
+    # Runs made before init_decoder_bias existed started b_dec at zero and keep their
+    # directory; any other start is part of the digest whether or not it is the default.
+    chosen["cc"].pop("init_decoder_bias", None)
+    if cc.init_decoder_bias != "zero":
+        chosen["cc"]["init_decoder_bias"] = cc.init_decoder_bias
     digest = hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return work_dir / "runs" / f"{family}-{value:g}-C{cc.n_features}-S{optim.max_steps}-{digest}"
 
@@ -262,7 +269,7 @@ def finished_export(run_dir: Path, cc_spec: dict, optim_spec_: dict,
         cfg = json.loads(cfg_path.read_text())
         training = cfg.get("training") or {}
         if (cfg.get("complete") and int(cfg.get("global_step", 0)) >= optim_spec_["max_steps"]
-                and _matches(training.get("crosscoder", {}), cc_spec)
+                and _matches({"init_decoder_bias": "zero", **training.get("crosscoder", {})}, cc_spec)
                 and _matches(training.get("optim", {}), optim_spec_)):
             return run_dir / name, path
     return None
@@ -501,6 +508,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=100_000, help="valid tokens of documents (train + held out)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--decoder-bias", choices=("mean", "zero"), default="mean",
+                   help="crosscoder.init_decoder_bias (zero: the release the README's table was measured on)")
     p.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
     for family in FAMILIES:
         p.add_argument(f"--{family}", type=float, nargs="+", default=None, metavar="V",
@@ -605,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.work_dir = args.work_dir / "quick"
     out = args.out or (args.work_dir if args.quick else ROOT / "docs")
     s = Setting(steps=args.steps, n_features=args.n_features, batch_tokens=args.batch_tokens, tokens=args.tokens,
-                lr=args.lr, seed=args.seed)
+                lr=args.lr, seed=args.seed, decoder_bias=args.decoder_bias)
     command = " ".join([".venv/bin/python", "benchmarks/frontier_bench.py", *(argv if argv is not None else sys.argv[1:])])
     header = machine_header()
     print(header, flush=True)

@@ -38,18 +38,22 @@ def main() -> int:
     p.add_argument("--n-features", type=int, default=1024)
     p.add_argument("--batch-tokens", type=int, default=512)
     p.add_argument("--tokens", type=int, default=100_000)
+    p.add_argument("--decoder-bias", choices=("mean", "zero"), default="mean")
     p.add_argument("--work-dir", type=Path, default=fb.ROOT / "runs" / "frontier_bench")
     args = p.parse_args()
-    s = fb.Setting(steps=args.steps, n_features=args.n_features, batch_tokens=args.batch_tokens, tokens=args.tokens)
+    s = fb.Setting(steps=args.steps, n_features=args.n_features, batch_tokens=args.batch_tokens, tokens=args.tokens,
+                   decoder_bias=args.decoder_bias)
     print(fb.machine_header(), flush=True)
     t0 = time.perf_counter()
     ctx = fb.prepare(args, s)
     optim = fb.optim_config(s, ctx["cache_root"])
+    print(f"decoder bias starts at {s.decoder_bias}")
     print(f"| target | final alpha | train: features | held out: features | pairs | nmse | dead | miss |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for target in args.targets:
         cc = CrosscoderConfig(arch="relu", n_features=s.n_features, seed=s.seed, dead_window_tokens=s.dead_window_tokens,
-                              mse_reduction=args.reduction, sparsity_coef=args.start_alpha, target_l0=target)
+                              mse_reduction=args.reduction, sparsity_coef=args.start_alpha, target_l0=target,
+                              init_decoder_bias=s.decoder_bias)
         run_dir = fb.run_dir_for(args.work_dir, f"target-{args.reduction}", target, cc, optim)
         export = fb.train_lightning(cc, optim, run_dir, ctx["model"], ctx["tokenizer"], ctx["train_docs"],
                                     ctx["layers"])

@@ -45,7 +45,8 @@ TokensByDoc = Union[Mapping[int, Sequence[int]], Callable[[int], Sequence[int]]]
 # 1. Streaming top-k spans
 # ---------------------------------------------------------------------------------------
 class TopSpanCollector:
-    """Per-feature activation counts and top-k activating (activation, doc, position).
+    """Per-feature activation counts (tokens and documents) and top-k activating
+    (activation, doc, position).
 
     update() takes per-token activations already reduced over the crosscoder's layers (max
     over layers: spans are collected "regardless of which layer they activate in"). A
@@ -64,6 +65,10 @@ class TopSpanCollector:
             raise ValueError(f"TopSpanCollector needs n_features, k, window >= 1, got {n_features}, {k}, {window}")
         self.n_features, self.k, self.window, self.tau = n_features, k, window, float(tau)
         self.counts_C = torch.zeros(n_features, dtype=torch.int64)
+        """Tokens each feature fires on."""
+        self.doc_counts_C = torch.zeros(n_features, dtype=torch.int64)
+        """Documents each feature fires in (a document is one row of one update() call)."""
+        self.n_docs = 0
         self.top_act_CK = torch.full((n_features, k), -math.inf, dtype=torch.float32)
         self.top_doc_CK = torch.full((n_features, k), -1, dtype=torch.int64)
         self.top_pos_CK = torch.full((n_features, k), -1, dtype=torch.int64)
@@ -89,6 +94,11 @@ class TopSpanCollector:
         N = B * T
         valid_N = mask_BT.to(feats_BTC.device).bool().reshape(N)
         self.n_tokens += int(valid_N.sum())
+        self.n_docs += B
+        valid_BT = valid_N.reshape(B, T)
+        for b in range(B):  # one document at a time: a [T, C] mask, never [B, T, C]
+            fired_C = (feats_BTC[b][valid_BT[b]] > self.tau).any(dim=0)
+            self.doc_counts_C += fired_C.to(device="cpu", dtype=torch.int64)
         feats_NC = feats_BTC.detach().reshape(N, C)
         step = chunk_tokens or max(1, (1 << 25) // C)
         doc_N = doc_B.repeat_interleave(T)
@@ -123,7 +133,9 @@ class TopSpanCollector:
         if (other.n_features, other.k, other.tau) != (self.n_features, self.k, self.tau):
             raise ValueError("collectors differ in n_features, k or tau; they cannot be merged")
         self.counts_C += other.counts_C
+        self.doc_counts_C += other.doc_counts_C
         self.n_tokens += other.n_tokens
+        self.n_docs += other.n_docs
         vals_all = torch.cat([self.top_act_CK, other.top_act_CK], dim=1)
         order = vals_all.topk(self.k, dim=1).indices
         self.top_act_CK = vals_all.gather(1, order)
@@ -135,7 +147,7 @@ class TopSpanCollector:
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
 
-        tensors = {"counts_C": self.counts_C, "top_act_CK": self.top_act_CK,
+        tensors = {"counts_C": self.counts_C, "doc_counts_C": self.doc_counts_C, "top_act_CK": self.top_act_CK,
                    "top_doc_CK": self.top_doc_CK, "top_pos_CK": self.top_pos_CK}
         if self.doc_tokens:
             docs = sorted(self.doc_tokens)
@@ -144,7 +156,8 @@ class TopSpanCollector:
             tensors["doc_lengths"] = torch.tensor(lengths, dtype=torch.int64)
             tensors["doc_tokens"] = torch.tensor([t for d in docs for t in self.doc_tokens[d]], dtype=torch.int64)
         meta = {"n_features": str(self.n_features), "k": str(self.k), "window": str(self.window),
-                "tau": repr(self.tau), "n_tokens": str(self.n_tokens), "store_tokens": str(self.store_tokens)}
+                "tau": repr(self.tau), "n_tokens": str(self.n_tokens), "n_docs": str(self.n_docs),
+                "store_tokens": str(self.store_tokens)}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata=meta)
 
@@ -157,7 +170,10 @@ class TopSpanCollector:
             t = {name: f.get_tensor(name) for name in f.keys()}
         self = cls(int(meta["n_features"]), int(meta["k"]), int(meta["window"]), float(meta["tau"]),
                    meta.get("store_tokens") == "True")
-        self.counts_C, self.top_act_CK = t["counts_C"], t["top_act_CK"]
+        if "doc_counts_C" not in t:
+            raise ValueError(f"{path} was saved before collectors counted documents; delete it to recompute.")
+        self.counts_C, self.doc_counts_C, self.top_act_CK = t["counts_C"], t["doc_counts_C"], t["top_act_CK"]
+        self.n_docs = int(meta["n_docs"])
         self.top_doc_CK, self.top_pos_CK = t["top_doc_CK"], t["top_pos_CK"]
         self.n_tokens = int(meta["n_tokens"])
         if "doc_ids" in t:
@@ -238,8 +254,9 @@ def interpret_features(
     progress: bool = True,
 ) -> InterpretResult:
     """Explain (Figure 7, top `explain_top` spans) and verify (Figure 8, top `top_k` spans)
-    every feature with >= `min_activations` activations; write
-    <out_dir>/features/explanations.parquet (feature, n_activations, sufficient,
+    every feature that fires in >= `min_activations` documents (or tokens, under
+    activation_unit=tokens); write
+    <out_dir>/features/explanations.parquet (feature, n_activations (tokens), n_documents, sufficient,
     summary_kind, explanation, decision, explainable, status, error),
     <out_dir>/features/top_spans.parquet and <out_dir>/features/table3.json.
 
@@ -254,7 +271,9 @@ def interpret_features(
         raise ValueError(f"the collector keeps {collector.k} spans per feature but interpret.top_k={config.top_k}")
     verifier = verifier or judge
     counts = collector.counts_C.tolist()
-    sufficient = [f for f, n in enumerate(counts) if n >= config.min_activations]
+    doc_counts = collector.doc_counts_C.tolist()
+    by_unit = doc_counts if config.activation_unit == "documents" else counts
+    sufficient = [f for f, n in enumerate(by_unit) if n >= config.min_activations]
     spans = collector.spans(tokenizer, tokens_by_doc, features=sufficient, top=config.top_k)
 
     explained = judge.judge([explain_item(f, spans[f][: config.explain_top]) for f in sufficient],
@@ -268,9 +287,10 @@ def interpret_features(
     rows = []
     problems: list[tuple[str, str, Optional[str]]] = []
     for f, n in enumerate(counts):
-        row = {"feature": f, "n_activations": int(n), "sufficient": n >= config.min_activations,
+        enough = by_unit[f] >= config.min_activations
+        row = {"feature": f, "n_activations": int(n), "n_documents": int(doc_counts[f]), "sufficient": enough,
                "summary_kind": None, "explanation": None, "decision": None, "explainable": False,
-               "status": "dead" if n == 0 else ("rare" if n < config.min_activations else None), "error": None}
+               "status": "dead" if n == 0 else ("rare" if not enough else None), "error": None}
         if f in summaries:
             s = summaries[f]
             answer = decisions.get(f)
@@ -294,6 +314,8 @@ def interpret_features(
     table3 = {
         "n_features": n_features,
         "n_tokens": collector.n_tokens,
+        "n_documents": collector.n_docs,
+        "activation_unit": config.activation_unit,
         "n_dead": int(sum(n == 0 for n in counts)),
         "dead_rate": sum(n == 0 for n in counts) / n_features,
         "min_activations": config.min_activations,

@@ -168,6 +168,25 @@ def _check_shape(cfg: ModelConfig, model) -> None:
         )
 
 
+def load_tokenizer(cfg: ModelConfig):
+    """The subject model's tokenizer alone (no weights): what a process that generates with
+    vLLM needs to apply data.max_doc_tokens."""
+    from transformers import AutoTokenizer
+
+    cfg.validate()
+    if cfg.source == "tiny":
+        tokenizer = tiny_tokenizer()
+    elif cfg.source == "gguf":
+        tokenizer = AutoTokenizer.from_pretrained(str(convert_gguf(cfg)))
+    elif cfg.source == "local":
+        tokenizer = AutoTokenizer.from_pretrained(cfg.local_path)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.hub_id, revision=cfg.revision)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_subject_model(cfg: ModelConfig) -> Tuple[torch.nn.Module, object]:
     """Load the subject model and tokenizer described by ``cfg`` (eval mode, no grad)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

@@ -22,6 +22,14 @@ def _run(script, *overrides, cwd=ROOT):
     return proc.stdout
 
 
+def _run_fails(script, *overrides, cwd=ROOT):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    return proc.stdout + proc.stderr
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
@@ -40,6 +48,17 @@ def test_train_exports_a_crosscoder_and_logs_metrics(tiny_run):
                  "train/fvu", "train/fvu/layer_0", "train/l0", "train/dead_frac", "train/tokens_per_s"]:
         assert name in metrics.columns, name
     assert "fvu" in out and (run_dir / "config" / "train.yaml").exists()
+
+
+def test_later_stages_refuse_a_crosscoder_trained_on_other_data(tiny_run):
+    root, common, _ = tiny_run
+    run_dir = root / "tiny-random" / "default"
+    out = _run_fails("extract_rules.py", *common, "data=paper")
+    assert "data.name: trained with 'offline', this run has 'paper'" in out and "accept_mismatch=true" in out
+    assert not (run_dir / "config" / "extract_rules.yaml").exists()  # refused before writing anything
+    assert "Loading weights" not in out  # and before any model loads
+    out = _run_fails("evaluate.py", *common, "data.max_questions=3")
+    assert "data.max_questions: trained with" in out and "this run has 3" in out
 
 
 def test_extract_then_evaluate_with_replayed_labels(tiny_run, tmp_path):

@@ -26,6 +26,7 @@ class ListTokenizer:
 
 def brute_force(batches, n_features, k, tau):
     counts = [0] * n_features
+    in_docs = [set() for _ in range(n_features)]
     seen = [[] for _ in range(n_features)]
     for feats, ids, mask, docs in batches:
         B, T, C = feats.shape
@@ -35,9 +36,10 @@ def brute_force(batches, n_features, k, tau):
                     v = float(feats[b, t, c])
                     if mask[b, t] and v > tau:
                         counts[c] += 1
+                        in_docs[c].add(int(docs[b]))
                         seen[c].append((v, int(docs[b]), t))
     tops = [sorted(s, reverse=True)[:k] for s in seen]
-    return counts, tops
+    return counts, tops, [len(d) for d in in_docs]
 
 
 def random_batches(n_batches=4, B=3, T=6, C=5, seed=0):
@@ -59,8 +61,10 @@ def test_collector_matches_brute_force(k, chunk):
     col = TopSpanCollector(5, k=k, window=3, tau=0.2)
     for b in batches:
         col.update(*b, chunk_tokens=chunk)
-    counts, tops = brute_force(batches, 5, k, 0.2)
+    counts, tops, doc_counts = brute_force(batches, 5, k, 0.2)
     assert col.counts_C.tolist() == counts
+    assert col.doc_counts_C.tolist() == doc_counts and col.n_docs == sum(len(d) for *_, d in batches)
+    assert doc_counts != counts  # the batches do fire features several times per document
     for c in range(5):
         got = [(a, d, p) for a, d, p in zip(col.top_act_CK[c].tolist(), col.top_doc_CK[c].tolist(),
                                             col.top_pos_CK[c].tolist()) if not math.isinf(a)]
@@ -80,9 +84,10 @@ def test_collector_merge_and_save_equal_single_pass(tmp_path):
     left.merge(right)
     left.save(tmp_path / "c.safetensors")
     loaded = TopSpanCollector.load(tmp_path / "c.safetensors")
-    for name in ("counts_C", "top_act_CK", "top_doc_CK", "top_pos_CK"):
+    for name in ("counts_C", "doc_counts_C", "top_act_CK", "top_doc_CK", "top_pos_CK"):
         assert torch.equal(getattr(loaded, name), getattr(whole, name)), name
     assert loaded.doc_tokens == whole.doc_tokens and loaded.n_tokens == whole.n_tokens
+    assert loaded.n_docs == whole.n_docs == 12
 
 
 def test_spans_end_at_activating_token():
@@ -133,10 +138,11 @@ def test_interpret_features_with_lexical_judge(tmp_path):
     counts = col.counts_C.tolist()
     assert counts[0] >= 30 and counts[1] >= 30 and counts[2] == 10 and counts[3] == 0
     judge = make_judge(JudgeConfig(backend="lexical"))
-    res = interpret_features(col, judge, ListTokenizer(), tmp_path, InterpretConfig(), tokens_by_doc=docs,
-                             progress=False)
+    res = interpret_features(col, judge, ListTokenizer(), tmp_path, InterpretConfig(activation_unit="tokens"),
+                             tokens_by_doc=docs, progress=False)
     frame = pd.read_parquet(tmp_path / "features" / "explanations.parquet")
     assert list(frame.feature) == [0, 1, 2, 3] and list(frame.n_activations) == counts
+    assert list(frame.n_documents) == col.doc_counts_C.tolist()
     row0, row1 = frame.iloc[0], frame.iloc[1]
     assert (row0.summary_kind, row0.explanation, row0.decision, row0.explainable) == (
         "exact", 'Exact pattern: "="', "Yes", True)
@@ -150,6 +156,23 @@ def test_interpret_features_with_lexical_judge(tmp_path):
     spans = pd.read_parquet(tmp_path / "features" / "top_spans.parquet")
     assert set(spans.feature) == {0, 1} and (spans[spans.feature == 0].token == " =").all()
     assert len(spans[spans.feature == 0]) == 30
+
+
+@pytest.mark.parametrize("unit, sufficient", [("documents", [0, 1]), ("tokens", [0, 1, 2])])
+def test_sufficiently_activated_counts_documents_by_default(tmp_path, unit, sufficient):
+    """Feature 2 fires on 10 tokens of 5 documents: at a threshold of 6 it is sufficiently
+    activated when tokens count, not when documents do (Appendix C.2's reading)."""
+    batches, docs = make_corpus()
+    col = TopSpanCollector(4, k=30, window=4)
+    for b in batches:
+        col.update(*b)
+    assert (col.counts_C[2].item(), col.doc_counts_C[2].item()) == (10, 5)
+    config = InterpretConfig(min_activations=6, **({} if unit == "documents" else {"activation_unit": unit}))
+    res = interpret_features(col, make_judge(JudgeConfig(backend="lexical")), ListTokenizer(), tmp_path, config,
+                             tokens_by_doc=docs, progress=False)
+    assert list(res.explanations.feature[res.explanations.sufficient]) == sufficient
+    assert res.table3["n_sufficient"] == len(sufficient) and res.table3["n_documents"] == 32
+    assert res.table3["activation_unit"] == unit
 
 
 def test_judge_rules_fills_figures_and_reports_gaps(tmp_path):
@@ -200,14 +223,16 @@ def test_unanswered_features_are_reported_not_defaulted(tmp_path):
     answers = tmp_path / "answers.csv"
     answers.write_text('feature,explanation,decision\n0,"Exact pattern: ""=""",Maybe\n')  # nothing for feature 1
     judge = make_judge(JudgeConfig(backend="replay", replay_path=str(answers)))
-    res = interpret_features(col, judge, ListTokenizer(), tmp_path, tokens_by_doc=docs, progress=False)
+    res = interpret_features(col, judge, ListTokenizer(), tmp_path, InterpretConfig(min_activations=20), tokens_by_doc=docs,
+                             progress=False)
     assert list(res.explanations.status[:2]) == ["ok", "failed"]
     assert res.problems == [("explain/1", "failed", res.explanations.error[1])]
     assert res.table3["n_unanswered"] == 1 and res.table3["n_judged"] == 1
     assert res.table3["explainable_rate"] == 1.0 and res.allowed == [0]
 
 
-@pytest.mark.parametrize("field, value", [("top_k", 0), ("explain_top", 31), ("min_activations", 0), ("span_window", 0)])
+@pytest.mark.parametrize("field, value", [("top_k", 0), ("explain_top", 31), ("min_activations", 0), ("span_window", 0),
+                                          ("activation_unit", "sentences")])
 def test_interpret_config_validation(field, value):
     with pytest.raises(ValueError, match=f"interpret.{field}="):
         InterpretConfig(**{field: value}).validate()

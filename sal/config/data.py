@@ -15,7 +15,7 @@ class GenerationConfig:
     prompt: str = "r1_zero"
     """Prompt template name in sal.data.prompts (R1-Zero / Open-Reasoner-Zero style)."""
     max_new_tokens: int = 1024
-    """Cap on generated tokens per response."""
+    """Cap on generated tokens per response; data.max_doc_tokens caps question + response."""
     temperature: float = 0.6
     """Sampling temperature (0 = greedy)."""
     top_p: float = 0.95
@@ -24,12 +24,24 @@ class GenerationConfig:
     """Prompts per generate call; also the resume granularity."""
     seed: int = 0
     """Sampling seed (each batch reseeds with seed + batch index, so resumes reproduce)."""
+    stop: Optional[List[str]] = None
+    """Strings that end a response (kept in it); None: the prompt template's ("</answer>")."""
+    vllm_gpu_memory_utilization: float = 0.9
+    """vllm: share of each GPU the engine may take (vLLM's gpu_memory_utilization)."""
+    vllm_tensor_parallel_size: int = 1
+    """vllm: GPUs one engine spans (vLLM's tensor_parallel_size)."""
+    rank_wait_s: float = 86_400.0
+    """Under torchrun/SLURM only global rank 0 generates; the other ranks wait this long for
+    its corpus before giving up."""
 
     def validate(self) -> None:
         if self.backend not in _BACKENDS:
             raise ValueError(f"data.generation.backend={self.backend!r}: choose one of {_BACKENDS}.")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("data.generation.max_new_tokens and batch_size must be >= 1.")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1 or self.vllm_tensor_parallel_size < 1:
+            raise ValueError(f"data.generation.vllm_gpu_memory_utilization={self.vllm_gpu_memory_utilization} must be in "
+                             f"(0, 1] and vllm_tensor_parallel_size={self.vllm_tensor_parallel_size} >= 1.")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"data.generation: temperature={self.temperature} must be >= 0 and "
                              f"top_p={self.top_p} in (0, 1].")
@@ -58,6 +70,14 @@ class DataConfig:
     model differs from the real one in its weights only."""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     """How the subject model writes its 'think' responses."""
+    max_doc_tokens: int = 1024
+    """The one document length, in tokens of the subject model's tokenizer: a document is the
+    question and the response. Generation gives each response at most what is left after its
+    question (and at most generation.max_new_tokens); training (optim.max_tokens_per_instance
+    follows it), the feature pass and the rule pass read documents cut at it."""
+    rule_set_unfinished: str = "exclude"
+    """exclude: the rule set leaves out responses that did not finish (no end of sequence
+    within the budget), so Appendix D's last token is the real end of a response | include."""
 
     def validate(self) -> None:
         from sal.data.sources import SOURCES
@@ -71,6 +91,10 @@ class DataConfig:
             raise ValueError(f"data.max_question_chars={self.max_question_chars} must be >= 1 or null.")
         if self.rule_set_per_stratum < 1:
             raise ValueError(f"data.rule_set_per_stratum={self.rule_set_per_stratum} must be >= 1.")
+        if self.max_doc_tokens < 2:
+            raise ValueError(f"data.max_doc_tokens={self.max_doc_tokens} must be >= 2 (a question and a response).")
+        if self.rule_set_unfinished not in ("exclude", "include"):
+            raise ValueError(f"data.rule_set_unfinished={self.rule_set_unfinished!r}: choose exclude or include.")
         if self.responses_from not in ("self", "pretrained"):
             raise ValueError(f"data.responses_from={self.responses_from!r}: choose self or pretrained.")
         self.generation.validate()

@@ -191,8 +191,13 @@ class InterpretConfig:
     """Spans shown to the explainer (Figure 7)."""
 
     min_activations: int = 30
-    """A feature is "sufficiently activated", hence interpreted, when it fires on at least
-    this many tokens of the corpus."""
+    """A feature is "sufficiently activated", hence interpreted, when it fires in at least
+    this many documents of the corpus (activation_unit)."""
+
+    activation_unit: str = "documents"
+    """What min_activations counts: documents (a feature counts once per document it fires
+    in; Appendix C.2's "over 30 times, an occurrence probability of 0.02%" is 30 of its 128K
+    documents) | tokens (every token it fires on)."""
 
     span_window: int = 32
     """Tokens per span: a window of text ending at (and including) the activating token."""
@@ -211,6 +216,8 @@ class InterpretConfig:
             raise bad("explain_top", self.explain_top, f"use a value in [1, top_k={self.top_k}] (paper: 15)")
         if self.min_activations < 1:
             raise bad("min_activations", self.min_activations, "use at least 1 (paper: 30)")
+        if self.activation_unit not in ("documents", "tokens"):
+            raise bad("activation_unit", self.activation_unit, "choose documents or tokens")
         if self.span_window < 1:
             raise bad("span_window", self.span_window, "use at least 1 token")
         if not math.isfinite(self.tau):

@@ -46,8 +46,9 @@ class ModelConfig:
     estimate before any weights load."""
     default_sparsity: float = 5e-3
     """Sparsity coefficient the paper used for this model (3e-3 for Qwen2.5-14B)."""
-    max_seq_len: int = 512
-    """Tokens kept per document (question + response) for activation work."""
+    max_seq_len: int = 4096
+    """The model's context window in tokens (a model file sets its own): data.max_doc_tokens,
+    the one document length, must fit in it."""
     tiny_config: Dict[str, Any] = field(default_factory=dict)
     """LlamaConfig keyword arguments for source=tiny."""
 

@@ -69,6 +69,10 @@ class SALConfig:
     run_dir: Optional[str] = None
     """Read and write this run directory instead of Hydra's output dir (e.g. to point
     extract_rules.py at one job of a training sweep)."""
+    accept_mismatch: bool = False
+    """extract_rules.py / evaluate.py: go on (with a warning) when the model, layers, corpus or
+    length settings differ from those the crosscoder was trained with; by default they refuse
+    (sal.pipeline.inputs)."""
     plan: bool = False
     """train.py: print the training plan (batch split, peak memory per device, FLOPs) and exit
     without loading the subject model."""
@@ -128,6 +132,13 @@ def validate_config(cfg) -> SALConfig:
         raise ValueError(f"sparsity={obj.sparsity} is negative: the sparsity coefficient must be >= 0 "
                          f"(the paper uses 5e-3, and 3e-3 for qwen2.5-14b).")
     validate_layers(obj.layers.indices, obj.model.n_layers)
+    if obj.data.max_doc_tokens > obj.model.max_seq_len:
+        raise ValueError(f"data.max_doc_tokens={obj.data.max_doc_tokens} exceeds {obj.model.name}'s context window "
+                         f"(model.max_seq_len={obj.model.max_seq_len}): lower data.max_doc_tokens.")
+    if obj.optim.max_tokens_per_instance != obj.data.max_doc_tokens:
+        raise ValueError(f"optim.max_tokens_per_instance={obj.optim.max_tokens_per_instance} differs from "
+                         f"data.max_doc_tokens={obj.data.max_doc_tokens}: one document length serves generation, "
+                         f"training and the feature passes; set data.max_doc_tokens only.")
     resolve_auto_trainer(obj.trainer)
     for name in ("model", "crosscoder", "optim", "data", "judge", "interpret", "rules", "evaluate",
                  "analysis", "world", "trainer", "logger"):

@@ -3,7 +3,9 @@
 Generation is resumable: each finished batch is written atomically as its own Parquet file,
 named by batch index, so a killed run restarts at the first missing batch and can never
 write a row twice. The finished corpus is one Parquet table with columns
-``idx, question, response, source, type, level``.
+``idx, question, response, finished, n_tokens, source, type, level``: ``finished`` says the
+response ended by itself (an end of sequence within its budget) and the document fits in
+data.max_doc_tokens; ``n_tokens`` is the document's length in the subject model's tokens.
 """
 
 from __future__ import annotations
@@ -15,19 +17,37 @@ import os
 import random
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from sal.config.data import DataConfig, GenerationConfig
 from sal.config.model import ModelConfig
-from sal.data.prompts import build_prompt
+from sal.data.prompts import build_prompt, stop_strings
 from sal.data.sources import load_questions, load_source
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["idx", "question", "response", "source", "type", "level"]
+COLUMNS = ["idx", "question", "response", "finished", "n_tokens", "source", "type", "level"]
+
+
+RUNTIME_ONLY = ("vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "rank_wait_s")
+"""Generation settings that change how, not what, is generated (left out of the corpus key)."""
+
+
+def response_stops(gen: GenerationConfig) -> tuple:
+    """The strings that end a response: generation.stop, or the prompt template's."""
+    return tuple(gen.stop) if gen.stop is not None else stop_strings(gen.prompt)
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to and including the first stop string, and whether one was found."""
+    hits = [(text.find(s), s) for s in stops if s and s in text]
+    if not hits:
+        return text, False
+    at, stop = min(hits)
+    return text[:at + len(stop)], True
 
 
 def _digest(obj) -> str:
@@ -37,8 +57,11 @@ def _digest(obj) -> str:
 def corpus_key(model: ModelConfig, data: DataConfig, kind: str) -> str:
     """Directory name for one (responding model, question set, generation settings)."""
     # The dtype is part of the writer: bf16 and fp32 logits sample different responses.
+    generation = {k: v for k, v in asdict(data.generation).items() if k not in RUNTIME_ONLY}
+    generation["stop"] = list(response_stops(data.generation))
     ident = {"model": [model.name, model.hub_id, model.source, model.init, model.seed, model.revision, model.dtype],
-             "kind": kind, "generation": asdict(data.generation), "seed": data.seed}
+             "kind": kind, "generation": generation, "seed": data.seed,
+             "max_doc_tokens": data.max_doc_tokens}
     if kind == "corpus":
         ident.update(sources=list(data.sources), max_questions=data.max_questions)
     else:
@@ -54,12 +77,22 @@ def _short_enough(rows: List[dict], data: DataConfig) -> List[dict]:
     return [r for r in rows if len(r["question"]) <= data.max_question_chars]
 
 
-def select_corpus_questions(data: DataConfig) -> List[dict]:
-    rows = _short_enough(load_questions(list(data.sources)), data)
-    if data.max_questions is not None and len(rows) > data.max_questions:
+def select_corpus_questions(data: DataConfig, counts: Optional[dict] = None) -> List[dict]:
+    """The corpus's questions: the sources de-duplicated, length-filtered, then a seeded sample
+    of data.max_questions. ``counts``, when given, receives per source the rows read, kept
+    after de-duplication, after the length filter and in the final sample."""
+    per_source: dict = {}
+    rows = load_questions(list(data.sources), per_source)
+    short = _short_enough(rows, data)
+    selected = short
+    if data.max_questions is not None and len(short) > data.max_questions:
         rng = random.Random(data.seed)
-        rows = [rows[i] for i in sorted(rng.sample(range(len(rows)), data.max_questions))]
-    return rows
+        selected = [short[i] for i in sorted(rng.sample(range(len(short)), data.max_questions))]
+    if counts is not None:
+        for name, c in per_source.items():
+            counts[name] = dict(c, short_enough=sum(r["source"] == name for r in short),
+                                selected=sum(r["source"] == name for r in selected))
+    return selected
 
 
 def stratified_rule_set(data: DataConfig) -> List[dict]:
@@ -81,8 +114,29 @@ def stratified_rule_set(data: DataConfig) -> List[dict]:
     return out
 
 
-Generator = Callable[[List[str], int], List[str]]
-"""(prompts, batch_index) -> responses; batch_index seeds the sampling so reruns reproduce."""
+Generator = Callable[[List[str], int, List[int]], Tuple[List[str], List[bool]]]
+"""(prompts, batch_index, max new tokens per prompt) -> (responses, whether each ended by
+itself rather than at its cap); batch_index seeds the sampling so reruns reproduce."""
+
+
+DOC_SEPARATOR = "\n\n"
+"""Between the question and the response in a document (document_texts)."""
+
+
+class DocumentBudget:
+    """data.max_doc_tokens applied with the subject model's tokenizer: how many new tokens a
+    question leaves its response, and how long a finished document is."""
+
+    def __init__(self, tokenizer, max_doc_tokens: int, max_new_tokens: int):
+        self.tokenizer, self.max_doc_tokens, self.max_new_tokens = tokenizer, int(max_doc_tokens), int(max_new_tokens)
+
+    def n_tokens(self, texts: Sequence[str]) -> List[int]:
+        return [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]] if len(texts) else []
+
+    def new_tokens(self, questions: Sequence[str]) -> List[int]:
+        """What each question leaves (>= 0), at most generation.max_new_tokens."""
+        used = self.n_tokens([q + DOC_SEPARATOR for q in questions])
+        return [max(0, min(self.max_new_tokens, self.max_doc_tokens - n)) for n in used]
 
 
 def hf_generator(model, tokenizer, gen: GenerationConfig) -> Generator:
@@ -97,27 +151,45 @@ def hf_generator(model, tokenizer, gen: GenerationConfig) -> Generator:
     eos_ids = [e for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
 
-    def run(prompts: List[str], batch_index: int) -> List[str]:
+    stops = response_stops(gen)
+
+    def run(prompts: List[str], batch_index: int, caps: List[int]) -> Tuple[List[str], List[bool]]:
         ids = [list(x) for x in tokenizer(list(prompts))["input_ids"]]
-        new = sample_batch(model, ids, gen.max_new_tokens, gen.temperature, gen.top_p, gen.seed + batch_index,
-                           eos_ids, pad_id)
-        return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+        new = sample_batch(model, ids, caps, gen.temperature, gen.top_p, gen.seed + batch_index, eos_ids, pad_id)
+        texts, ended = [], []
+        for tokens, cap, text in zip(new, caps, tokenizer.batch_decode(new, skip_special_tokens=True)):
+            # Sampling is left to right, so cutting at the first stop string gives what a
+            # generation stopped there would have (vLLM stops there itself).
+            text, stopped = cut_at_stop(text, stops)
+            # sample_batch stops a row at its cap or drops the end-of-sequence token that ended it
+            texts.append(text.strip())
+            ended.append(stopped or len(tokens) < cap)
+        return texts, ended
 
     return run
 
 
 def vllm_generator(model_path: str, gen: GenerationConfig, dtype: str = "bfloat16") -> Generator:
-    """vLLM backend for GPU nodes (``pip install sal[vllm]``)."""
+    """vLLM backend for GPU nodes (``pip install sal[vllm]``). Run it where no other model
+    holds the GPU (sal.pipeline.generate runs it in a process of its own)."""
     try:
         from vllm import LLM, SamplingParams
     except ImportError as e:  # pragma: no cover - exercised only where vLLM is installed
         raise ImportError("data.generation.backend=vllm needs the vllm extra: pip install 'sal[vllm]'") from e
-    llm = LLM(model=model_path, dtype=dtype, seed=gen.seed)
+    llm = LLM(model=model_path, dtype=dtype, seed=gen.seed, gpu_memory_utilization=gen.vllm_gpu_memory_utilization,
+              tensor_parallel_size=gen.vllm_tensor_parallel_size)
+    stops = list(response_stops(gen))
 
-    def run(prompts: List[str], batch_index: int) -> List[str]:
-        params = SamplingParams(temperature=gen.temperature, top_p=gen.top_p,
-                                max_tokens=gen.max_new_tokens, seed=gen.seed + batch_index)
-        return [o.outputs[0].text.strip() for o in llm.generate(prompts, params, use_tqdm=False)]
+    def run(prompts: List[str], batch_index: int, caps: List[int]) -> Tuple[List[str], List[bool]]:
+        todo = [i for i, c in enumerate(caps) if c > 0]  # vLLM needs max_tokens >= 1
+        params = [SamplingParams(temperature=gen.temperature, top_p=gen.top_p, max_tokens=caps[i],
+                                 seed=gen.seed + batch_index, stop=stops, include_stop_str_in_output=True)
+                  for i in todo]
+        texts, ended = [""] * len(prompts), [False] * len(prompts)
+        outputs = llm.generate([prompts[i] for i in todo], params, use_tqdm=False) if todo else []
+        for i, o in zip(todo, outputs):
+            texts[i], ended[i] = o.outputs[0].text.strip(), o.outputs[0].finish_reason == "stop"
+        return texts, ended
 
     return run
 
@@ -135,9 +207,11 @@ def generate_responses(
     gen: GenerationConfig,
     desc: str = "generating responses",
     final_name: str = "corpus.parquet",
+    budget: Optional[DocumentBudget] = None,
 ) -> pd.DataFrame:
     """Responses for ``questions``, resuming from the batches already in ``out_dir``; the
-    finished table is ``out_dir / final_name``."""
+    finished table is ``out_dir / final_name``. Without a ``budget`` every response may take
+    generation.max_new_tokens and ``n_tokens`` is left at -1 (unknown)."""
     out_dir = Path(out_dir)
     final = out_dir / final_name
     if final.exists():
@@ -152,9 +226,16 @@ def generate_responses(
     for b in tqdm(todo, desc=desc, unit="batch"):
         rows = indexed[b * gen.batch_size:(b + 1) * gen.batch_size]
         prompts = [build_prompt(r["question"], gen.prompt) for r in rows]
-        responses = generator(prompts, b)
-        for r, resp in zip(rows, responses):
-            r["response"] = resp
+        questions_b = [r["question"] for r in rows]
+        caps = budget.new_tokens(questions_b) if budget else [gen.max_new_tokens] * len(rows)
+        responses, ended = generator(prompts, b, caps)
+        lengths = budget.n_tokens([q + DOC_SEPARATOR + t for q, t in zip(questions_b, responses)]) if budget \
+            else [-1] * len(rows)
+        for r, resp, done, n in zip(rows, responses, ended, lengths):
+            # A re-tokenised document can come out a token longer than its parts: it still
+            # has to fit, or the later stages cut it and its last token is not the response's.
+            fits = budget is None or n <= budget.max_doc_tokens
+            r.update(response=resp, finished=bool(done) and fits, n_tokens=int(n))
         write_atomic(pd.DataFrame(rows)[COLUMNS], batch_dir / f"batch_{b:06d}.parquet")
     parts = [pd.read_parquet(batch_dir / f"batch_{b:06d}.parquet") for b in range(n_batches)]
     df = pd.concat(parts, ignore_index=True).sort_values("idx").reset_index(drop=True)
@@ -166,4 +247,4 @@ def document_texts(df: pd.DataFrame) -> List[str]:
     """What the crosscoder reads: the question and the model's own response (Section 3.1's
     corpus), without the prompt template's instructions, which every document would share
     and which would otherwise claim a large part of a small dictionary."""
-    return [f"{q}\n\n{r}" for q, r in zip(df["question"], df["response"])]
+    return [f"{q}{DOC_SEPARATOR}{r}" for q, r in zip(df["question"], df["response"])]

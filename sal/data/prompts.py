@@ -14,6 +14,18 @@ PROMPTS = {
 }
 
 
+STOP_STRINGS = {
+    # The template asks for "<answer> answer here </answer>": the response ends there (a base
+    # model would otherwise write on to its token budget).
+    "r1_zero": ("</answer>",),
+}
+
+
+def stop_strings(template: str = "r1_zero") -> tuple:
+    """Where a response to this template ends (kept in the response)."""
+    return STOP_STRINGS.get(template, ())
+
+
 def build_prompt(question: str, template: str = "r1_zero") -> str:
     if template not in PROMPTS:
         raise KeyError(f"Unknown prompt template {template!r}; known: {sorted(PROMPTS)}.")

@@ -138,14 +138,24 @@ PREFILL_ROWS = 16
 
 
 @torch.inference_mode()
-def sample_batch(model, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, temperature: float,
+def sample_batch(model, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int], temperature: float,
                  top_p: float, seed: int, eos_ids: Sequence[int], pad_id: int) -> list[list[int]]:
-    """New tokens for each prompt, up to and without the first end-of-sequence token."""
+    """New tokens for each prompt, up to and without the first end-of-sequence token.
+
+    ``max_new_tokens``: one cap for all rows, or one per row (a row whose cap is reached
+    stops, and its list is then exactly that long; a row that ended by itself is shorter)."""
     from transformers import DynamicCache
     from transformers.cache_utils import Cache
 
     forward = _Model(model)
     B = len(prompt_ids)
+    caps_B = torch.tensor([max_new_tokens] * B if isinstance(max_new_tokens, int) else list(max_new_tokens))
+    if caps_B.numel() != B:
+        raise ValueError(f"max_new_tokens has {caps_B.numel()} caps for {B} prompts")
+    caps_B = caps_B.clamp_min(0)
+    max_new_tokens = int(caps_B.max()) if B else 0
+    if max_new_tokens == 0:
+        return [[] for _ in range(B)]
     sliding = any(getattr(DynamicCache(config=model.config), "is_sliding", None) or [False])
     # A cache that drops old tokens cannot be shared or preallocated: one plain prefill.
     P = 0 if sliding else _common_head(prompt_ids)
@@ -191,7 +201,7 @@ def sample_batch(model, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int
 
     generator = torch.Generator(device=logits_BV.device).manual_seed(seed) if temperature > 0 else None
     eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long)
-    done_B = torch.zeros(B, dtype=torch.bool)
+    done_B = caps_B == 0
     out: list[list[int]] = [[] for _ in range(B)]
     for step in range(max_new_tokens):
         tok_B = next_tokens(logits_BV, temperature, top_p, generator).cpu()
@@ -199,7 +209,7 @@ def sample_batch(model, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int
         finished_B = torch.isin(tok_B, eos) & ~done_B
         for i in (~done_B & ~finished_B).nonzero().squeeze(1).tolist():
             out[i].append(int(tok_B[i]))
-        done_B |= finished_B
+        done_B |= finished_B | (caps_B <= step + 1)
         if bool(done_B.all()) or step == max_new_tokens - 1:
             break
         mask_BK = torch.cat([mask_BK, torch.ones(B, 1, dtype=torch.long)], 1)

@@ -91,13 +91,19 @@ def normalise_question(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def load_questions(names: List[str]) -> List[dict]:
-    """All questions of ``names``, de-duplicated by normalised text (first occurrence wins)."""
+def load_questions(names: List[str], counts: Optional[Dict[str, dict]] = None) -> List[dict]:
+    """All questions of ``names``, de-duplicated by normalised text (first occurrence wins).
+    ``counts``, when given, receives per source {"read": rows read, "unique": rows kept}."""
     seen, out = set(), []
     for name in names:
-        for row in load_source(name):
+        rows = load_source(name)
+        kept = 0
+        for row in rows:
             key = normalise_question(row["question"])
             if key and key not in seen:
                 seen.add(key)
                 out.append(row)
+                kept += 1
+        if counts is not None:
+            counts[name] = {"read": len(rows), "unique": kept}
     return out

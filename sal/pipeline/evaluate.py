@@ -15,12 +15,15 @@ from omegaconf import DictConfig
 
 from sal.config.schema import SALConfig
 from sal.pipeline.common import resolved_container, save_resolved_config, setup
+from sal.pipeline.inputs import check_against_training
 
 log = logging.getLogger("sal")
 
 
 def run(cfg: DictConfig):
     typed, run_dir = setup(cfg)
+    if typed.analysis.name == "single":
+        check_against_training(typed, run_dir / "crosscoder", "evaluate.py")
     save_resolved_config(cfg, typed, run_dir / "config" / f"evaluate_{typed.analysis.name}.yaml")
     handler = {"single": run_single, "compare": run_compare, "validate": run_validate, "power": run_power}
     name = typed.analysis.name

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from sal.config.schema import SALConfig
 from sal.pipeline.common import build_corpus, save_resolved_config, setup
+from sal.pipeline.inputs import check_against_training
 
 log = logging.getLogger("sal")
 
@@ -29,7 +30,7 @@ def load_crosscoder(cfg: SALConfig, run_dir: Path, device):
                                 f"run_name first (or set run_dir= to a finished training run).")
     cc = Crosscoder.from_pretrained(export, device=device)
     layers = [int(i) for i in Crosscoder.load_config(export)["layers"]]
-    if layers != list(cfg.layers.indices):
+    if layers != list(cfg.layers.indices):  # only under accept_mismatch=true (sal.pipeline.inputs)
         log.warning("The crosscoder was trained on layers %s; using those (config says %s)", layers, cfg.layers.indices)
     return cc.eval(), layers
 
@@ -62,15 +63,16 @@ def interpret(cfg: SALConfig, run_dir: Path, model, tokenizer, cc, layers) -> pd
                                           cfg.model.name)
         log.info("feature pass (corpus): %s", "activations read from the training cache" if cached is not None
                  else "no reusable activation cache; running the subject model")
-    for fb in feature_pass(model, tokenizer, cc, texts, layers, cfg.model.max_seq_len, desc="feature pass (corpus)",
+    for fb in feature_pass(model, tokenizer, cc, texts, layers, cfg.data.max_doc_tokens, desc="feature pass (corpus)",
                            cached=cached):
         # Spans are collected "regardless of which layer they activate in": max over layers.
         collector.update(fb.feats_BTLC.amax(dim=2), fb.token_ids_BT, fb.mask_BT, fb.doc_ids)
     result = interpret_features(collector, make_judge(cfg.judge, run_dir=run_dir), tokenizer, run_dir, ic)
     t3 = result.table3
     print(f"[extract] features: dead rate {100 * t3['dead_rate']:.2f}%, explainable rate "
-          f"{100 * (t3['explainable_rate'] or 0):.2f}% of {t3['n_judged']} judged ({t3['n_sufficient']} with >= "
-          f"{ic.min_activations} activations), {len(result.allowed)} allowed")
+          f"{100 * (t3['explainable_rate'] or 0):.2f}% of {t3['n_judged']} judged ({t3['n_sufficient']} active in >= "
+          f"{ic.min_activations} {ic.activation_unit} of {t3['n_documents' if ic.activation_unit == 'documents' else 'n_tokens']}), "
+          f"{len(result.allowed)} allowed")
     return result.explanations
 
 
@@ -80,13 +82,24 @@ def rule_set_layer_counts(cfg: SALConfig, run_dir: Path, model, tokenizer, cc, l
     from sal.features import feature_pass
     from sal.rules import LayerCountBuilder, aggregate_batch
 
-    path = run_dir / "rules" / f"layer_counts_{cfg.rules.aggregate}_tau{cfg.rules.tau:g}.npz"
+    unfinished = cfg.data.rule_set_unfinished
+    path = run_dir / "rules" / f"layer_counts_{cfg.rules.aggregate}_tau{cfg.rules.tau:g}_unfinished-{unfinished}.npz"
     if path.exists():
         return sp.load_npz(path)
     rule_set = build_corpus(cfg, "rule_set", model, tokenizer)
+    n_unfinished = int((~rule_set.finished).sum())
+    if unfinished == "exclude":
+        rule_set = rule_set[rule_set.finished]
+        if rule_set.empty:
+            raise ValueError(f"No rule-set response finished within data.max_doc_tokens={cfg.data.max_doc_tokens} "
+                             f"(data.generation.max_new_tokens={cfg.data.generation.max_new_tokens}): raise them, or "
+                             f"set data.rule_set_unfinished=include to count responses cut by the budget.")
+    log.info("rule set: %d responses; %d did not finish within the token budget and are %s", len(rule_set) +
+             (n_unfinished if unfinished == "exclude" else 0), n_unfinished,
+             "left out" if unfinished == "exclude" else "kept (data.rule_set_unfinished=include)")
     texts = document_texts(rule_set)
     builder = LayerCountBuilder(cc.n_features)
-    for fb in feature_pass(model, tokenizer, cc, texts, layers, cfg.model.max_seq_len, desc="feature pass (rule set)"):
+    for fb in feature_pass(model, tokenizer, cc, texts, layers, cfg.data.max_doc_tokens, desc="feature pass (rule set)"):
         for row in aggregate_batch(fb.feats_BTLC, fb.mask_BT.to(fb.feats_BTLC.device), tau=cfg.rules.tau,
                                    mode=cfg.rules.aggregate):
             builder.add(row)
@@ -118,8 +131,12 @@ def count(cfg: SALConfig, run_dir: Path, layer_counts: sp.csr_matrix, allowed) -
 
 def run(cfg: DictConfig):
     typed, run_dir = setup(cfg)
+    check_against_training(typed, run_dir / "crosscoder", "extract_rules.py")  # before any model loads
     save_resolved_config(cfg, typed, run_dir / "config" / "extract_rules.yaml")
 
+    from sal.pipeline.generate import prepare_corpus
+
+    prepare_corpus(typed)  # vLLM generates now, in its own process, before the subject model loads
     from sal.models import load_subject_model
     from sal.rules import summarize_rules, write_rules_outputs
 

@@ -28,6 +28,9 @@ def run(cfg: DictConfig) -> dict:
     from sal.models import load_subject_model
     from sal.training.run import format_summary, train_crosscoder
 
+    from sal.pipeline.generate import prepare_corpus
+
+    prepare_corpus(typed)  # vLLM generates now, in its own process, before the subject model loads
     model, tokenizer = load_subject_model(typed.model)
     corpus = build_corpus(typed, "corpus", model, tokenizer)
     texts = document_texts(corpus)

@@ -27,6 +27,7 @@ the comparison.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -93,6 +94,9 @@ class TrainPlan:
     tokens_per_instance: int
     tokens_per_step: int
     micro_batch_tokens: int
+    docs_per_forward: int = 8
+    """Documents per subject-model forward: optim.docs_per_forward, halved by the plan while
+    one micro-batch of one instance does not fit and the subject's forward is the peak."""
     memory_gib: dict = field(default_factory=dict)
     """Per device, by component (see the module docstring)."""
     per_device_peak_gib: float = 0.0
@@ -120,7 +124,8 @@ class TrainPlan:
             f"batch: {self.global_batch_instances} instances per optimiser step over {self.world_size} rank(s) = "
             f"{self.per_rank_instances} per rank = {self.accumulate_grad_batches} micro-batch(es) of "
             f"{self.micro_batch_instances}; {self.tokens_per_step:,} tokens per step "
-            f"({self.micro_batch_tokens:,} per micro-batch)",
+            f"({self.micro_batch_tokens:,} per micro-batch); subject-model forwards of {self.docs_per_forward} "
+            f"document(s)",
             f"peak memory per device: {self.per_device_peak_gib:.1f} GiB of {self.device_memory_gib:.1f} "
             f"({'fits' if self.fits else 'DOES NOT FIT'}; {mem} GiB)",
             *([f"host memory per rank for the shuffle buffer: {self.memory_gib['host_buffer']:.1f} GiB"]
@@ -184,13 +189,20 @@ def make_plan(cc, optim, model, trainer, layers: Sequence[int], device_gib: Opti
         candidates = [optim.micro_batch_instances]
     else:
         candidates = [m for m in range(share, 0, -1) if share % m == 0]
-    chosen = None
-    for micro in candidates:
-        mem = memory_gib(cc, optim, model, trainer, len(layers), micro)
-        chosen = (micro, mem)
-        if device_peak_gib(mem) <= device_gib:
+    docs = optim.docs_per_forward
+    while True:
+        chosen = None
+        for micro in candidates:
+            mem = memory_gib(cc, dataclasses.replace(optim, docs_per_forward=docs), model, trainer, len(layers), micro)
+            chosen = (micro, mem)
+            if device_peak_gib(mem) <= device_gib:
+                break
+        micro, mem = chosen
+        # The subject's forward batch only sets throughput: halve it before giving up when
+        # it is what sets the peak.
+        if device_peak_gib(mem) <= device_gib or docs == 1 or mem["subject_forward"] < mem["micro_batch"]:
             break
-    micro, mem = chosen
+        docs //= 2
     if optim.shuffle_buffer_tokens < micro * optim.tokens_per_instance:
         raise ValueError(f"optim.shuffle_buffer_tokens={optim.shuffle_buffer_tokens} is smaller than one micro-batch "
                          f"({micro} x {optim.tokens_per_instance} tokens): raise it to at least twice that for real "
@@ -204,7 +216,7 @@ def make_plan(cc, optim, model, trainer, layers: Sequence[int], device_gib: Opti
     return TrainPlan(layers=list(layers), world_size=world, global_batch_instances=optim.batch_instances,
                      per_rank_instances=share, micro_batch_instances=micro, accumulate_grad_batches=share // micro,
                      tokens_per_instance=optim.tokens_per_instance, tokens_per_step=tokens,
-                     micro_batch_tokens=micro * optim.tokens_per_instance,
+                     micro_batch_tokens=micro * optim.tokens_per_instance, docs_per_forward=docs,
                      memory_gib={k: round(v, 4) for k, v in mem.items()}, per_device_peak_gib=round(peak, 3),
                      device_memory_gib=round(device_gib, 3), fits=peak <= device_gib, flops_per_step=flops,
                      est_seconds_per_step=seconds, precision=trainer.precision)

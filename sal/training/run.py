@@ -219,6 +219,7 @@ def train_crosscoder(
         plan = make_plan(cc, opt, describe_model(model, d_model), tcfg, layers)
     if not plan.fits:
         raise ValueError(refusal(plan))
+    opt = dataclasses.replace(opt, docs_per_forward=plan.docs_per_forward)
     module = CrosscoderModule(cc, opt, n_layers=len(layers), d_model=d_model,
                               accumulate_grad_batches=plan.accumulate_grad_batches)
     datamodule = ActivationDataModule(model, tokenizer, texts, layers, opt, seed=cc.seed, model_name=model_name,

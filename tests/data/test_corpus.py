@@ -37,11 +37,11 @@ def test_max_questions_samples_without_replacement():
 
 
 def _fake_generator(calls, fail_at=None):
-    def run(prompts, batch_index):
+    def run(prompts, batch_index, caps):
         if batch_index == fail_at:
             raise KeyboardInterrupt("killed")
         calls.append(batch_index)
-        return [f"response {batch_index}:{len(p)}" for p in prompts]
+        return [f"response {batch_index}:{len(p)}" for p in prompts], [True] * len(prompts)
     return run
 
 
@@ -66,10 +66,10 @@ def test_generation_killed_by_sigkill_resumes(tmp_path):
         from sal.config.data import DataConfig, GenerationConfig
         from sal.data.corpus import generate_responses, select_corpus_questions
         qs = select_corpus_questions(DataConfig(sources=["gsm8k_test"], max_questions=10))
-        def gen(prompts, b):
+        def gen(prompts, b, caps):
             if b == 2 and os.environ.get("KILL"):
                 os.kill(os.getpid(), signal.SIGKILL)
-            return ["r%d" % b] * len(prompts)
+            return ["r%d" % b] * len(prompts), [True] * len(prompts)
         generate_responses(qs, gen, {str(tmp_path)!r}, GenerationConfig(batch_size=3))
     """)
     env = dict(os.environ, KILL="1")
@@ -87,7 +87,52 @@ def test_hf_generation_on_tiny_model_gives_nonempty_responses(tiny_model, tmp_pa
     gen = GenerationConfig(batch_size=2, max_new_tokens=6, temperature=0.0)
     df = generate_responses(questions, hf_generator(model, tok, gen), tmp_path, gen)
     assert len(df) == 5 and (df["response"].str.len() > 0).all()
-    assert set(df.columns) >= {"question", "response", "source", "type", "level"}
+    assert set(df.columns) >= {"question", "response", "finished", "n_tokens", "source", "type", "level"}
+
+
+def test_one_document_budget_caps_each_response_by_what_its_question_leaves(tiny_model, tmp_path):
+    """question + response fit in data.max_doc_tokens; a question that fills the budget gets
+    no response; a random model (no end of sequence) finishes nothing within its cap."""
+    from sal.data.corpus import DOC_SEPARATOR, DocumentBudget
+
+    model, tok = tiny_model
+    questions = select_corpus_questions(DataConfig(sources=["gsm8k_test"], max_questions=4))
+    n_question = [len(tok(q["question"] + DOC_SEPARATOR)["input_ids"]) for q in questions]
+    max_doc = sorted(n_question)[1] + 5  # the shortest question leaves >= 5 tokens, the longest none
+    gen = GenerationConfig(batch_size=4, max_new_tokens=8, temperature=0.0)
+    budget = DocumentBudget(tok, max_doc, gen.max_new_tokens)
+    expected_caps = [max(0, min(8, max_doc - n)) for n in n_question]
+    assert budget.new_tokens([q["question"] for q in questions]) == expected_caps and 0 in expected_caps
+    seen_caps = []
+    inner = hf_generator(model, tok, gen)
+
+    def spy(prompts, b, caps):
+        seen_caps.append(list(caps))
+        return inner(prompts, b, caps)
+
+    df = generate_responses(questions, spy, tmp_path, gen, budget=budget)
+    assert seen_caps == [expected_caps]
+    assert df.n_tokens.tolist() == budget.n_tokens([f"{q}{DOC_SEPARATOR}{r}" for q, r in zip(df.question, df.response)])
+    assert not df.finished.any()
+    assert (df.response[[c == 0 for c in expected_caps]] == "").all()
+
+
+def test_a_response_that_ends_by_itself_is_finished_unless_the_document_overflows(tmp_path):
+    class CharTokenizer:  # one token per character
+        def __call__(self, texts):
+            return {"input_ids": [list(t) for t in texts]}
+
+    from sal.data.corpus import DocumentBudget
+
+    questions = [{"question": q, "source": "s", "type": "", "level": ""} for q in ("ab", "abcd", "abcdef")]
+    budget = DocumentBudget(CharTokenizer(), max_doc_tokens=9, max_new_tokens=5)
+    assert budget.new_tokens([q["question"] for q in questions]) == [5, 3, 1]  # 9 - len(q + "\n\n")
+
+    def gen(prompts, b, caps):  # ends by itself everywhere, but the last answer is longer than allowed
+        return ["x", "yy", "zzz"], [True, True, True]
+
+    df = generate_responses(questions, gen, tmp_path, GenerationConfig(batch_size=3), budget=budget)
+    assert df.n_tokens.tolist() == [5, 8, 11] and df.finished.tolist() == [True, True, False]
 
 
 def test_offline_default_writes_nonempty_responses_for_every_requested_row(tmp_path):

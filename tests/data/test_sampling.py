@@ -85,3 +85,16 @@ def test_sampling_is_seeded_and_stops_at_eos(tiny_model):
     # Every token is an end-of-sequence token: nothing is generated.
     assert sample_batch(model, ids, 10, 0.8, 0.95, 7, list(range(model.config.vocab_size)), tok.pad_token_id) == \
         [[], [], []]
+
+
+def test_per_row_caps_cut_each_row_at_its_own_budget(tiny_model):
+    """Greedy rows capped at 0, 3 and 12 tokens are the uncapped rows' first 0, 3, 12 tokens
+    (an EOS-free random model runs to every cap)."""
+    model, tok = tiny_model
+    ids = [tok(p)["input_ids"] for p in _prompts(tok)]
+    full = sample_batch(model, ids, 12, 0.0, 1.0, 0, [tok.eos_token_id], tok.pad_token_id)
+    capped = sample_batch(model, ids, [0, 3, 12], 0.0, 1.0, 0, [tok.eos_token_id], tok.pad_token_id)
+    assert capped == [full[0][:0], full[1][:3], full[2][:12]]
+    assert sample_batch(model, ids, [0, 0, 0], 0.8, 0.95, 0, [tok.eos_token_id], tok.pad_token_id) == [[], [], []]
+    with pytest.raises(ValueError, match="2 caps for 3 prompts"):
+        sample_batch(model, ids, [1, 2], 0.0, 1.0, 0, [tok.eos_token_id], tok.pad_token_id)

@@ -7,6 +7,9 @@ from torch.utils.data import DataLoader
 from sal.config.crosscoder import CrosscoderConfig, OptimConfig
 from sal.training.module import CrosscoderModule
 
+# One optimiser step without a logger: the module's self.log calls have nowhere to go.
+pytestmark = pytest.mark.filterwarnings("ignore:You called `self.log")
+
 
 def _first_step(init: str, *batches_BLD: torch.Tensor) -> CrosscoderModule:
     """One optimiser step (len(batches) micro-batches) at a learning rate too small to move b_dec."""

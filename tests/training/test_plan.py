@@ -3,6 +3,7 @@ the measured peak of real CPU training steps), the paper presets on 8 x A100, re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from sal.config.crosscoder import CrosscoderConfig, OptimConfig
 from sal.config.schema import register_configs, validate_config
 from sal.config.trainer import TrainerConfig
-from sal.training.plan import GIB, crosscoder_params, make_plan, memory_gib, refusal
+from sal.training.plan import GIB, crosscoder_params, device_peak_gib, make_plan, memory_gib, refusal
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER_MODELS = ["qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b", "qwen2.5-14b", "mistral-7b", "llama-3.1-8b",
@@ -87,6 +88,24 @@ def test_the_largest_micro_batch_that_fits_is_chosen():
     assert not tight.fits and tight.micro_batch_instances == 1
     message = refusal(tight)
     assert "crosscoder.n_features" in message and "plan=true" in message
+
+
+def test_the_subject_forward_batch_is_halved_when_it_sets_the_peak():
+    cc = CrosscoderConfig(n_features=64)
+    opt = OptimConfig(batch_instances=4, tokens_per_instance=10, shuffle_buffer_tokens=1000,
+                      max_tokens_per_instance=4096, docs_per_forward=8)
+    trainer = TrainerConfig(accelerator="cpu")
+    model = _model(d_model=512, n_params=1000)
+
+    def peak(docs):
+        return device_peak_gib(memory_gib(cc, dataclasses.replace(opt, docs_per_forward=docs), model, trainer, 8, 4))
+
+    assert peak(8) > peak(4) > peak(2) > peak(1)  # the subject's forward is the peak at every size
+    plan = make_plan(cc, opt, model, trainer, list(range(8)), device_gib=(peak(2) + peak(4)) / 2)
+    assert plan.fits and plan.docs_per_forward == 2 and plan.micro_batch_instances == 4
+    assert make_plan(cc, opt, model, trainer, list(range(8)), device_gib=peak(8) + 0.01).docs_per_forward == 8
+    never = make_plan(cc, opt, model, trainer, list(range(8)), device_gib=peak(1) * 0.5)
+    assert not never.fits and never.docs_per_forward == 1
 
 
 @pytest.mark.parametrize("name", PAPER_MODELS)
