@@ -139,7 +139,10 @@ def write_demo_report(path: Path, runs: Mapping[str, Path], timings=(), total_s:
     blocks = []
     for label, run_dir in runs.items():
         s = json.loads((Path(run_dir) / "sal.json").read_text())
-        parts.append(f"| {label} | {s['sal']:.4f} | {_fmt_ci(s['ci'])} | {s['p_value']:.4f} | {s['counts']} |")
+        if s.get("sal") is None:
+            parts.append(f"| {label} | not computable | — | — | {s.get('judge_label_counts', {})} |")
+        else:
+            parts.append(f"| {label} | {s['sal']:.4f} | {_fmt_ci(s['ci'])} | {s['p_value']:.4f} | {s['counts']} |")
         ev = Path(run_dir) / "evaluate"
         t3 = Path(run_dir) / "features" / "table3.json"
         extra = ""
@@ -148,6 +151,9 @@ def write_demo_report(path: Path, runs: Mapping[str, Path], timings=(), total_s:
             extra = (f"- features: dead rate {100 * t['dead_rate']:.2f}%, explainable rate "
                      f"{100 * (t['explainable_rate'] or 0):.2f}% of {t['n_judged']} judged\n")
         extra += dictionary_line(Path(run_dir) / "crosscoder" / "config.json")
+        if s.get("sal") is None:
+            blocks += [f"\n## {label}\n", f"- **SAL not computable**: {s['not_computable']}\n", extra]
+            continue
         blocks += [f"\n## {label}\n", sal_block(s), extra,
                    f"![histograms]({_rel(ev / 'fig2_histograms.png', path.parent)})\n",
                    f"![pairwise JSD]({_rel(ev / 'fig3_pairwise_jsd.png', path.parent)})\n",

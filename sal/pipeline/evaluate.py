@@ -115,6 +115,9 @@ def run_single(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
     ok = labelled[labelled.judge_status == "ok"]
     probs = metrics.probs_by_category_from_frame(ok, categories=cfg.evaluate.categories)
     probs = enforce_min_rules(probs, cfg.evaluate.min_rules_per_category, cfg.evaluate.empty_category)
+    reason = not_computable_reason(probs, cfg.evaluate.min_rules_per_category, rules, explained, frame)
+    if reason and cfg.evaluate.empty_category == "drop":
+        return _write_not_computable(cfg, run_dir, reason, ok, labelled, frame, judge, resolved)
     result = metrics.evaluate_sal(
         probs, bins=cfg.evaluate.bins, report_bins=cfg.evaluate.report_bins, n_bootstrap=cfg.evaluate.n_bootstrap,
         n_permutations=cfg.evaluate.n_permutations, ci_level=cfg.evaluate.ci_level, seed=cfg.evaluate.seed,
@@ -157,6 +160,39 @@ def run_single(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
     return summary
 
 
+def not_computable_reason(probs: Dict[str, np.ndarray], min_rules: int, rules: pd.DataFrame, explained: set,
+                          frame: dict) -> str | None:
+    """Why SAL cannot be computed from these labelled rules (fewer than two categories with
+    at least ``min_rules`` each), or None when it can."""
+    kept = {k: len(v) for k, v in probs.items() if len(v)}
+    if len(kept) >= 2:
+        return None
+    n_judgeable = sum(f["n_judgeable"] for f in frame.values())
+    return (f"SAL needs two soundness categories with at least {min_rules} labelled rules each "
+            f"(evaluate.min_rules_per_category); this run has {kept or 'none'}. Its rules come from "
+            f"{len(explained)} explained features ({len(rules)} rules extracted, {n_judgeable} judgeable): "
+            f"a dictionary with so few explainable features yields too few rules.")
+
+
+def _write_not_computable(cfg: SALConfig, run_dir: Path, reason: str, ok: pd.DataFrame, labelled: pd.DataFrame,
+                          frame: dict, judge, resolved: dict) -> dict:
+    """Under evaluate.empty_category=drop, a run whose rules cannot give a SAL still ends
+    with a sal.json that says so (sal: null) instead of failing: a null model whose
+    features are not explainable is a result, not an error."""
+    summary = {
+        "model": cfg.model.name, "init": cfg.model.init, "run_dir": str(run_dir), "sal": None,
+        "not_computable": reason, "sampling_frame": frame,
+        "judge_label_counts": {c: int((ok.category == c).sum()) for c in cfg.evaluate.categories},
+        "n_labelled": int(len(ok)), "n_unlabelled": int(len(labelled) - len(ok)),
+        "judge": {"backend": cfg.judge.backend, "model": judge.report.model, "report": judge.report.to_dict()},
+        "config": resolved,
+    }
+    (run_dir / "sal.json").write_text(json.dumps(summary, indent=2, default=str))
+    log.warning("%s (%s): SAL not computable. %s", cfg.model.name, cfg.model.init, reason)
+    print(f"[evaluate] {cfg.model.name} ({cfg.model.init}): SAL not computable: {reason}")
+    return summary
+
+
 # --------------------------------------------------------------------------- compare
 def collect_sal(cfg: SALConfig) -> Dict[str, float]:
     """{model: SAL} from run directories, a multirun folder, or a CSV (``paper`` = packaged)."""
@@ -172,6 +208,9 @@ def collect_sal(cfg: SALConfig) -> Dict[str, float]:
         if not path.exists():
             raise FileNotFoundError(f"{path} missing: run `python evaluate.py run_dir={d}` first.")
         s = json.loads(path.read_text())
+        if s.get("sal") is None:
+            log.warning("%s: no SAL (%s); left out of the comparison", path, s.get("not_computable", "not computed"))
+            continue
         found[s["model"] if s.get("init", "pretrained") == "pretrained" else f"{s['model']}-{s['init']}"] = s["sal"]
     if a.sal_csv and not dirs:
         if a.sal_csv == "paper":

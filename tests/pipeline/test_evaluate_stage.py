@@ -35,3 +35,52 @@ def test_thin_categories_are_dropped_or_refused():
     with pytest.raises(ValueError, match=r"\{'Strict': 2\}.*evaluate.empty_category=drop"):
         enforce_min_rules(probs, 10, "error")
     assert enforce_min_rules(probs, 2, "error")["Strict"].tolist() == [0.9, 0.95]
+
+
+def test_too_few_categories_is_named_with_the_features_behind_it():
+    from sal.pipeline.evaluate import not_computable_reason
+
+    rules = _rules()
+    frame = {"1": {"n_rules": 20, "n_judgeable": 12, "n_sampled": 12}, "2": {"n_rules": 30, "n_judgeable": 8, "n_sampled": 8}}
+    one_left = {"Strict": np.array([]), "Plausible": np.array([]), "No": np.full(20, 0.1)}
+    reason = not_computable_reason(one_left, 20, rules, {1, 2, 3}, frame)
+    assert "{'No': 20}" in reason and "3 explained features" in reason and "20 judgeable" in reason
+    two_left = dict(one_left, Plausible=np.full(20, 0.5))
+    assert not_computable_reason(two_left, 20, rules, {1, 2, 3}, frame) is None
+
+
+def test_the_demo_report_shows_a_run_without_sal(tmp_path):
+    import json
+
+    from sal.report import write_demo_report
+
+    done, empty = tmp_path / "a", tmp_path / "b"
+    for d in (done, empty):
+        d.mkdir()
+    (done / "sal.json").write_text(json.dumps({
+        "sal": 0.25, "ci": [0.2, 0.3], "p_value": 0.01, "counts": {"Plausible": 30, "No": 40}, "bins": 20,
+        "pairwise": {"P-N": 0.25}, "null_mean": 0.03}))
+    (empty / "sal.json").write_text(json.dumps({"sal": None, "not_computable": "only 9 rules",
+                                                "judge_label_counts": {"No": 9}}))
+    report = write_demo_report(tmp_path / "r.md", {"subject": done, "null": empty}).read_text()
+    assert "| subject | 0.2500 | [0.2000, 0.3000] | 0.0100 |" in report
+    assert "| null | not computable | — | — | {'No': 9} |" in report
+    assert "**SAL not computable**: only 9 rules" in report
+
+
+def test_compare_leaves_out_runs_without_sal(tmp_path, caplog):
+    import json
+    from types import SimpleNamespace
+
+    from sal.pipeline.evaluate import collect_sal
+
+    for name, sal in (("m1", 0.3), ("m2", None)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "sal.json").write_text(json.dumps({"model": name, "init": "pretrained", "sal": sal,
+                                                "not_computable": "too few rules"}))
+    cfg = SimpleNamespace(analysis=SimpleNamespace(run_dirs=[str(tmp_path / "m1"), str(tmp_path / "m2")],
+                                                   multirun_dir=None, sal_csv=None, sal_source=None))
+    with caplog.at_level("WARNING", logger="sal"):
+        assert collect_sal(cfg) == {"m1": 0.3}
+    assert "too few rules" in caplog.text

@@ -83,3 +83,17 @@ def test_accept_mismatch_warns_and_goes_on(tmp_path, caplog):
 
 def test_no_export_config_means_nothing_to_check(tmp_path):
     check_against_training(SALConfig(), tmp_path / "missing", "evaluate.py")
+
+
+@pytest.mark.parametrize("setting, trained_value", [
+    ("model.init", "random"),                      # the model's weights
+    ("model.dtype", "bfloat16"),                   # the writer's precision (its responses differ)
+    ("layers.indices", [0, 2, 4, 6, 8, 10, 12, 14]),  # the monitored layers
+    ("data.sources", ["gsm8k_test"]),              # the corpus's questions
+    ("data.generation.temperature", 1.0),          # how its responses were written
+    ("data.max_doc_tokens", 4096),                 # the one document length
+])
+def test_each_kind_of_mismatch_is_refused(tmp_path, setting, trained_value):
+    export = _export(tmp_path, _trained(**{setting: trained_value}))
+    with pytest.raises(ValueError, match=f"{setting}: trained with"):
+        check_against_training(SALConfig(), export, "extract_rules.py")
