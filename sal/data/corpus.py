@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from sal.config.data import DataConfig, GenerationConfig
 from sal.config.model import ModelConfig
-from sal.data.prompts import build_prompt, stop_strings
+from sal.data.prompts import KEPT_STOPS, build_prompt, stop_strings
 from sal.data.sources import load_questions, load_source
 
 log = logging.getLogger(__name__)
@@ -41,13 +41,14 @@ def response_stops(gen: GenerationConfig) -> tuple:
     return tuple(gen.stop) if gen.stop is not None else stop_strings(gen.prompt)
 
 
-def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """``text`` up to and including the first stop string, and whether one was found."""
+def cut_at_stop(text: str, stops: Sequence[str], keep: Sequence[str] = KEPT_STOPS) -> tuple[str, bool]:
+    """``text`` up to its first stop string (kept when it is in ``keep``, the closing tag;
+    dropped when it starts a new turn), and whether one was found."""
     hits = [(text.find(s), s) for s in stops if s and s in text]
     if not hits:
         return text, False
     at, stop = min(hits)
-    return text[:at + len(stop)], True
+    return text[:at + len(stop)] if stop in keep else text[:at], True
 
 
 def _digest(obj) -> str:
@@ -188,7 +189,9 @@ def vllm_generator(model_path: str, gen: GenerationConfig, dtype: str = "bfloat1
         texts, ended = [""] * len(prompts), [False] * len(prompts)
         outputs = llm.generate([prompts[i] for i in todo], params, use_tqdm=False) if todo else []
         for i, o in zip(todo, outputs):
-            texts[i], ended[i] = o.outputs[0].text.strip(), o.outputs[0].finish_reason == "stop"
+            # vLLM keeps whichever stop string ended the text; a new turn's is cut off
+            texts[i] = cut_at_stop(o.outputs[0].text, stops)[0].strip()
+            ended[i] = o.outputs[0].finish_reason == "stop"
         return texts, ended
 
     return run

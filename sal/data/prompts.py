@@ -15,14 +15,18 @@ PROMPTS = {
 
 
 STOP_STRINGS = {
-    # The template asks for "<answer> answer here </answer>": the response ends there (a base
-    # model would otherwise write on to its token budget).
-    "r1_zero": ("</answer>",),
+    # The template asks for "<answer> answer here </answer>": the response ends there. A base
+    # model may instead start the next turn; Open-Reasoner-Zero's config.py stops its R1-Zero
+    # prompts at these same four strings.
+    "r1_zero": ("</answer>", "User:", "Human:", "Assistant:"),
 }
+KEPT_STOPS = ("</answer>",)
+"""Stop strings that belong to the response (the closing tag); the others start a new turn
+and are cut off with everything after them."""
 
 
 def stop_strings(template: str = "r1_zero") -> tuple:
-    """Where a response to this template ends (kept in the response)."""
+    """Where a response to this template ends."""
     return STOP_STRINGS.get(template, ())
 
 

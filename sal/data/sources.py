@@ -7,7 +7,8 @@ vLLM-dependent code): MATH (train 7,500 + test 5,000, the full dataset of Hendry
 The two hub-only sources of Section 3.1:
 
 - Open-Reasoner-Zero's own math collection, ``data/orz_math_57k_collected.json`` of the
-  Open-Reasoner-Zero repository (github.com/Open-Reasoner-Zero/Open-Reasoner-Zero): a JSON
+  Open-Reasoner-Zero repository (github.com/Open-Reasoner-Zero/Open-Reasoner-Zero) at commit
+  ORZ_COMMIT, the file its config.py trains on: a JSON
   list of [human turn, assistant turn] pairs, the question in the human turn's ``value``
   (schema as the repository and its hub mirror Tonic/OpenReasonerZero document it). Earlier
   releases read OctoMed/OrzMath, a third-party 16K subset; that is not the paper's corpus.
@@ -31,8 +32,11 @@ from typing import Dict, List, Optional
 
 from sal.models import package_dir
 
-ORZ_URL = ("https://raw.githubusercontent.com/Open-Reasoner-Zero/Open-Reasoner-Zero/main/data/"
-           "orz_math_57k_collected.json")
+ORZ_COMMIT = "141bf5f63ef4c581ef67f50005a418ff71734919"
+"""A commit of the Open-Reasoner-Zero repository whose config.py trains on this file
+(prompt_data = data/orz_math_57k_collected.json)."""
+ORZ_URL = ("https://raw.githubusercontent.com/Open-Reasoner-Zero/Open-Reasoner-Zero/"
+           f"{ORZ_COMMIT}/data/orz_math_57k_collected.json")
 NUMINA_15 = "AI-MO/NuminaMath-1.5"
 NUMINA_15_REVISION = "9a5aae8427cb65ac9a8bb3136ffb1d554b70c478"
 
@@ -69,7 +73,7 @@ SOURCES: Dict[str, QuestionSource] = {
         QuestionSource("gsm8k_train", "package:gsm8k/train.jsonl", "question"),
         QuestionSource("gsm8k_test", "package:gsm8k/test.jsonl", "question"),
         # Hub sources of Section 3.1 (need network; a local mirror can replace the location).
-        QuestionSource("orz", f"url:{ORZ_URL}", "value", reader="orz_pairs"),
+        QuestionSource("orz", f"url:{ORZ_URL}", "value", reader="orz_pairs", revision=ORZ_COMMIT),
         QuestionSource("numina_aops", f"hub:{NUMINA_15}", "problem", filter_field="source",
                        filter_values=("aops_forum",), revision=NUMINA_15_REVISION),
         QuestionSource("numina_amc", f"hub:{NUMINA_15}", "problem", filter_field="source",

@@ -144,3 +144,16 @@ def test_offline_default_writes_nonempty_responses_for_every_requested_row(tmp_p
     df = generate_responses(questions, hf_generator(model, tok, gen), tmp_path, gen)
     assert df["idx"].tolist() == [0, 1, 2] and (df["response"].str.strip().str.len() > 0).all()
     assert df["question"].tolist() == [q["question"] for q in questions]
+
+
+@pytest.mark.parametrize("text, cut, stopped", [
+    (" think </think> <answer> 4 </answer> and more", " think </think> <answer> 4 </answer>", True),
+    (" 2+2=4 User: what next? </answer>", " 2+2=4 ", True),          # a new turn starts first
+    (" 2+2=4 Assistant: Human: hi", " 2+2=4 ", True),
+    (" still thinking", " still thinking", False),
+])
+def test_responses_end_at_the_first_stop_string(text, cut, stopped):
+    from sal.data.corpus import cut_at_stop
+    from sal.data.prompts import stop_strings
+
+    assert cut_at_stop(text, stop_strings("r1_zero")) == (cut, stopped)

@@ -74,7 +74,8 @@ def test_vllm_generation_runs_alone_on_rank_zero_with_stop_strings(tmp_path, loc
     init = [e for e in events if e["event"] == "init"]
     assert len(init) == 1 and init[0]["gpu_memory_utilization"] == 0.9 and init[0]["tensor_parallel_size"] == 1
     params = [p for e in events if e["event"] == "generate" for p in e["params"]]
-    assert params and all(p["stop"] == ["</answer>"] and p["include_stop_str_in_output"] for p in params)
+    stops = ["</answer>", "User:", "Human:", "Assistant:"]  # the R1-Zero template's (as Open-Reasoner-Zero's)
+    assert params and all(p["stop"] == stops and p["include_stop_str_in_output"] for p in params)
     assert all(1 <= p["max_tokens"] <= 12 for p in params)
     corpus_dir = Path(out0.split("DONE")[1].strip())
     rule_set = pd.read_parquet(corpus_dir / "rule_set.parquet")
