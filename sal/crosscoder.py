@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
@@ -303,17 +301,11 @@ class Crosscoder(nn.Module):
         config.update(module.config_dict())
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()
                    if k not in ("scales_fitted",)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        from sal.atomic import atomic_dir
+
+        with atomic_dir(path) as tmp:
             save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "arch": module.arch})
             (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     @staticmethod

@@ -21,6 +21,9 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import torch
 
+from sal import atomic
+from sal.atomic import atomic_path
+
 from sal.config.judge import InterpretConfig
 from sal.judge import (
     CATEGORIES,
@@ -158,8 +161,8 @@ class TopSpanCollector:
         meta = {"n_features": str(self.n_features), "k": str(self.k), "window": str(self.window),
                 "tau": repr(self.tau), "n_tokens": str(self.n_tokens), "n_docs": str(self.n_docs),
                 "store_tokens": str(self.store_tokens)}
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata=meta)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "TopSpanCollector":
@@ -332,13 +335,14 @@ def interpret_features(
 
     out = Path(out_dir) / "features"
     out.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(out / "explanations.parquet", index=False)
     span_rows = [{"feature": f, "rank": r, "activation": s.activation, "doc": s.doc, "position": s.position,
                   "text": s.text, "token": s.tokens[-1] if s.tokens else ""}
                  for f in sufficient for r, s in enumerate(spans[f])]
-    pd.DataFrame(span_rows, columns=["feature", "rank", "activation", "doc", "position", "text", "token"]).to_parquet(
-        out / "top_spans.parquet", index=False)
-    (out / "table3.json").write_text(json.dumps(table3, indent=2))
+    atomic.write_parquet(pd.DataFrame(span_rows, columns=["feature", "rank", "activation", "doc", "position", "text",
+                                                          "token"]), out / "top_spans.parquet")
+    atomic.write_json(out / "table3.json", table3)
+    # Last: the extract stage takes explanations.parquet for "features done".
+    atomic.write_parquet(frame, out / "explanations.parquet")
     if problems:
         log.warning("%d of %d sufficiently activated features were not fully judged; see %s (status column)",
                     len(set(k.split("/", 1)[1] for k, _, _ in problems)), len(sufficient), out / "explanations.parquet")

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from sal import metrics  # noqa: E402
+from sal.atomic import atomic_path  # noqa: E402
 
 _COLOURS = {"Strict": "#2a9d8f", "Plausible": "#e9c46a", "No": "#e76f51", "Noise": "#e76f51"}
 
@@ -25,7 +26,8 @@ _COLOURS = {"Strict": "#2a9d8f", "Plausible": "#e9c46a", "No": "#e76f51", "Noise
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+
+from sal import atomic
 from typing import Mapping
 
 import pandas as pd
@@ -78,7 +80,7 @@ def write_model_report(path: Path, summary: Mapping, labelled: pd.DataFrame, exp
              f"\n![pairwise JSD]({_rel(figures['pairwise_jsd'], path.parent)})\n",
              "\n## Case studies (Table 2 layout)\n",
              _md_table(case_studies(labelled, explanations, n_cases))]
-    path.write_text("\n".join(parts))
+    atomic.write_text(path, "\n".join(parts))
     return path
 
 
@@ -100,7 +102,7 @@ def write_compare_report(path: Path, comp, figures: Mapping[str, Path]) -> Path:
     ]
     if comp.unmatched:
         parts.append(f"\nModels without an accuracy entry (left out): {comp.unmatched}\n")
-    path.write_text("\n".join(parts))
+    atomic.write_text(path, "\n".join(parts))
     return path
 
 
@@ -161,5 +163,5 @@ def write_demo_report(path: Path, runs: Mapping[str, Path], timings=(), total_s:
     if timings:
         blocks += ["\n" + format_timings(timings, total_s if total_s is not None else sum(t for *_, t in timings),
                                          hardware or "unrecorded hardware")]
-    path.write_text("\n".join(parts + blocks))
+    atomic.write_text(path, "\n".join(parts + blocks))
     return path

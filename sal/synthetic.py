@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from sal import atomic
+from sal.atomic import atomic_path
 from sal import metrics
 from sal.config.evaluate import WorldConfig
 
@@ -189,10 +191,11 @@ def save_world(world: World, directory: str | Path) -> dict[str, Path]:
         "planted": directory / "planted.csv",
         "config": directory / "world.json",
     }
-    sp.save_npz(paths["layer_counts"], world.layer_counts)
+    with atomic_path(paths["layer_counts"]) as tmp:
+        sp.save_npz(tmp, world.layer_counts)
     write_labels(world, paths["labels"])
     world.planted.to_csv(paths["planted"], index=False)
-    paths["config"].write_text(json.dumps(asdict(world.config), indent=2))
+    atomic.write_json(paths["config"], asdict(world.config))
     return paths
 
 

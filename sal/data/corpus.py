@@ -198,9 +198,9 @@ def vllm_generator(model_path: str, gen: GenerationConfig, dtype: str = "bfloat1
 
 
 def write_atomic(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    from sal.atomic import write_parquet
+
+    write_parquet(df, path)
 
 
 def generate_responses(

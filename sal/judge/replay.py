@@ -158,14 +158,13 @@ class ReplayJudge(Judge):
 def export_judgments(judgments: Iterable[Judgment], path: str | Path) -> Path:
     """Write judgments as JSONL readable by the replay backend (labelled ones carry their
     label; the others carry status and error only, so replaying reports them again)."""
+    from sal.atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for j in judgments:
             row = {"key": j.key, "task": j.task, "status": j.status, "error": j.error}
             if j.status == OK:
                 row.update(label=j.label, text=j.text)
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
     return path

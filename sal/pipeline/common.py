@@ -14,6 +14,8 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from sal import atomic
+
 from sal.config.schema import SALConfig, validate_config
 
 log = logging.getLogger("sal")
@@ -61,8 +63,7 @@ def resolved_container(cfg: DictConfig, typed: SALConfig) -> dict:
 
 def save_resolved_config(cfg: DictConfig, typed: SALConfig, path: Path) -> None:
     """The resolved YAML next to an artifact (no secrets: keys are read from the env only)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved_container(cfg, typed))))
+    atomic.write_text(path, OmegaConf.to_yaml(OmegaConf.create(resolved_container(cfg, typed))))
 
 
 def corpus_root(cfg: SALConfig) -> Path:

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from sal import atomic
+
 from sal.config.schema import SALConfig
 from sal.pipeline.common import resolved_container, save_resolved_config, setup
 from sal.pipeline.inputs import check_against_training
@@ -110,7 +112,7 @@ def run_single(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
     labelled = judge_rules(sample, explanations, judge)
     out = run_dir / "evaluate"
     out.mkdir(parents=True, exist_ok=True)
-    labelled.to_parquet(out / "labelled_rules.parquet", index=False)
+    atomic.write_parquet(labelled, out / "labelled_rules.parquet")
 
     ok = labelled[labelled.judge_status == "ok"]
     probs = metrics.probs_by_category_from_frame(ok, categories=cfg.evaluate.categories)
@@ -136,8 +138,6 @@ def run_single(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
         h = summary["human_agreement"]
         print(f"[evaluate] agreement with human labels on {h['n']} rules: raw {h['raw_agreement']:.3f}, "
               f"Cohen's kappa {h['kappa']:.3f}")
-    # One sal.json, at the run directory's top level, where compare and the demo report look.
-    (run_dir / "sal.json").write_text(json.dumps(summary, indent=2, default=str))
     figures = {
         "histograms": plots.plot_category_histograms(probs, out / "fig2_histograms.png", bins=cfg.evaluate.bins,
                                                       title=f"{cfg.model.name}: rule probability by soundness"),
@@ -145,6 +145,9 @@ def run_single(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
     }
     report = write_model_report(out / "report.md", summary, labelled, explanations, figures,
                                 n_cases=cfg.evaluate.n_case_studies)
+    # One sal.json, at the run directory's top level, where compare and the demo report look;
+    # written last: it is what says "evaluated".
+    atomic.write_json(run_dir / "sal.json", summary)
     wb = start_run(cfg.logger, run_dir, f"{cfg.model.name}-sal", "evaluate", resolved)
     if wb is not None:
         wb.log({"sal/bits": result.sal, "sal/p_value": result.p_value, "sal/ci_low": result.ci[0],
@@ -187,7 +190,7 @@ def _write_not_computable(cfg: SALConfig, run_dir: Path, reason: str, ok: pd.Dat
         "judge": {"backend": cfg.judge.backend, "model": judge.report.model, "report": judge.report.to_dict()},
         "config": resolved,
     }
-    (run_dir / "sal.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic.write_json(run_dir / "sal.json", summary)
     log.warning("%s (%s): SAL not computable. %s", cfg.model.name, cfg.model.init, reason)
     print(f"[evaluate] {cfg.model.name} ({cfg.model.init}): SAL not computable: {reason}")
     return summary
@@ -231,7 +234,7 @@ def run_compare(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
     out = run_dir / "compare"
     out.mkdir(parents=True, exist_ok=True)
     summary = comp.summary()
-    (out / "compare.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic.write_json(out / "compare.json", summary)
     comp.table.to_csv(out / "sal_vs_accuracy.csv", index=False)
     comp.spearman.to_csv(out / "spearman_table1.csv", index=False)
     figures = {"fig4": plots.plot_sal_vs_accuracy(comp, out / "fig4_sal_vs_accuracy.png"),
@@ -273,7 +276,7 @@ def run_validate(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
     fig = plots.plot_validation(sweep, out / "validation.png")
     summary = {"world": dataclasses.asdict(cfg.world), "sal": val.sal.to_dict(),
                "recovery": val.recovery._asdict(), "sweep": sweep.to_dict(orient="records")}
-    (out / "validate.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic.write_json(out / "validate.json", summary)
     r = val.sal
     print(f"[validate] world={cfg.world.mode} separation={cfg.world.separation}: SAL = {r.sal:.4f} bits "
           f"[CI {r.ci[0]:.4f}, {r.ci[1]:.4f}], p = {r.p_value:.4f}; recovery: {val.recovery}")
@@ -322,7 +325,7 @@ def run_power(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     result.table.to_csv(out / "power_table.csv", index=False)
     fig = plots.plot_power(result, out / "power.png")
-    (out / "recommendation.txt").write_text(result.recommendation + "\n")
+    atomic.write_text(out / "recommendation.txt", result.recommendation + "\n")
     print(result.table.to_string(index=False))
     print(f"[power] {result.recommendation}")
     print(f"[power] figure: {fig}")

@@ -12,6 +12,7 @@ import pandas as pd
 import scipy.sparse as sp
 from omegaconf import DictConfig
 
+from sal.atomic import atomic_path
 from sal.config.schema import SALConfig
 from sal.pipeline.common import build_corpus, save_resolved_config, setup
 from sal.pipeline.inputs import check_against_training
@@ -104,10 +105,8 @@ def rule_set_layer_counts(cfg: SALConfig, run_dir: Path, model, tokenizer, cc, l
                                    mode=cfg.rules.aggregate):
             builder.add(row)
     counts = builder.to_csr()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    sp.save_npz(tmp, counts)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        sp.save_npz(tmp, counts)
     return counts
 
 

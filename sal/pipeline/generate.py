@@ -16,15 +16,15 @@ questions once, before anything else needs the GPU.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import multiprocessing
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
+
+from sal import atomic
 
 from sal.config.schema import SALConfig
 
@@ -154,12 +154,5 @@ def write_manifest(path: Path, cfg: SALConfig, writer_cfg, source_counts: dict, 
                      "n_strata": int(parts["rule_set"][["type", "level"]].drop_duplicates().shape[0]),
                      "unfinished": d.rule_set_unfinished, **lengths(parts["rule_set"])},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, default=str))
-    tmp.replace(path)
+    atomic.write_json(path, manifest)
 
-
-def read_manifest(out_dir: Path) -> Optional[dict]:
-    path = Path(out_dir) / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else None

@@ -12,6 +12,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sal import atomic
+from sal.atomic import atomic_path
+
 from sal.rules._csr import as_layer_count_csr
 
 RULES_FILE = "rules.parquet"
@@ -60,10 +63,9 @@ def feature_counts_table(layer_counts: Any) -> pd.DataFrame:
 
 
 def _write_parquet_atomic(df: pd.DataFrame, path: str, row_group_size: int = 1 << 22) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
     table = pa.Table.from_pandas(df, preserve_index=False)
-    pq.write_table(table, tmp, row_group_size=row_group_size)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, row_group_size=row_group_size)
 
 
 def write_rules_outputs(out_dir: str, rules: pd.DataFrame, layer_counts: Any, config: Any = None) -> dict[str, str]:
@@ -71,13 +73,10 @@ def write_rules_outputs(out_dir: str, rules: pd.DataFrame, layer_counts: Any, co
     ``config``, a dataclass or dict) into ``out_dir``; returns the paths by name."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {"rules": os.path.join(out_dir, RULES_FILE), "feature_counts": os.path.join(out_dir, FEATURE_COUNTS_FILE)}
-    _write_parquet_atomic(rules, paths["rules"])
     _write_parquet_atomic(feature_counts_table(layer_counts), paths["feature_counts"])
     if config is not None:
         payload = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
         paths["aggregation"] = os.path.join(out_dir, AGGREGATION_FILE)
-        tmp = paths["aggregation"] + f".tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-        os.replace(tmp, paths["aggregation"])
+        atomic.write_json(paths["aggregation"], payload, sort_keys=True)
+    _write_parquet_atomic(rules, paths["rules"])  # last: evaluate.py takes it for "rules done"
     return paths

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from sal.atomic import atomic_path
 from sal.rules._csr import as_layer_count_csr
 from sal.rules.count import (
     DEFAULT_CHUNK_SAMPLES,
@@ -78,13 +79,8 @@ def _data_fingerprint(mat: sp.csr_matrix) -> str:
 
 
 def _save_atomic(path: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _load(path: str) -> tuple[dict, dict[str, np.ndarray]]:

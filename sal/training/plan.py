@@ -28,11 +28,12 @@ the comparison.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
+
+from sal import atomic
 
 GIB = 2**30
 STATE_BYTES_PER_PARAM = 16
@@ -112,10 +113,7 @@ class TrainPlan:
         return asdict(self)
 
     def write(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        return atomic.write_json(path, self.to_dict())
 
     def format(self) -> str:
         mem = ", ".join(f"{k} {v:.2f}" for k, v in device_parts(self.memory_gib).items())
