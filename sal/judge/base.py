@@ -183,6 +183,7 @@ class PromptJudge(Judge):
     async def _judge_one(self, item: JudgeItem) -> Judgment:
         n_samples = 1 if self.deterministic else 1 + self.config.max_parse_retries
         raw: Optional[str] = None
+        finish: Optional[str] = None
         all_cached = True
         for sample in range(n_samples):
             if sample:
@@ -192,6 +193,7 @@ class PromptJudge(Judge):
             if record is not None:
                 self.report.n_cache_hits += 1
                 raw = record.get("text")
+                finish = record.get("finish_reason")
             else:
                 all_cached = False
                 try:
@@ -199,6 +201,7 @@ class PromptJudge(Judge):
                 except TransportError as err:
                     return Judgment(item.key, item.task, FAILED, None, None, raw, str(err), sample, False)
                 raw = completion.text
+                finish = (completion.extra or {}).get("finish_reason")
                 if self.cache is not None:
                     record = {
                         "backend": self.backend, "model": self.model_id, "params": self.cache_params,
@@ -209,12 +212,14 @@ class PromptJudge(Judge):
                     }
                     # Off the event loop: an fsync must not stall the other requests.
                     await asyncio.to_thread(self.cache.put, key, record)
-            parsed = parse_answer(item.task, raw)
+            # An answer cut at the token limit is not an answer, whatever it happens to contain.
+            parsed = None if finish == "length" else parse_answer(item.task, raw)
             if parsed is not None:
                 return Judgment(item.key, item.task, OK, parsed[0], parsed[1], raw, None, sample + 1, all_cached)
         snippet = (raw or "")[-200:].replace("\n", " ")
+        cut = " (cut at the token limit: finish_reason=length; raise judge.max_tokens)" if finish == "length" else ""
         return Judgment(
             item.key, item.task, UNPARSEABLE, None, None, raw,
-            f"no parseable answer in {n_samples} attempt(s); last answer ends with: {snippet!r}",
+            f"no parseable answer in {n_samples} attempt(s){cut}; last answer ends with: {snippet!r}",
             n_samples, all_cached,
         )

@@ -50,9 +50,10 @@ def parse_retry_after(value: Optional[str]) -> Optional[float]:
     return max(0.0, when.timestamp() - time.time())
 
 
-def read_completion(body: bytes) -> tuple[str, dict, Optional[str]]:
-    """(content, usage, reasoning) from a chat-completions JSON body; MalformedResponse when
-    the body is not one (truncated JSON, an HTML error page, no choices, no content)."""
+def read_completion(body: bytes) -> tuple[str, dict, Optional[str], Optional[str]]:
+    """(content, usage, reasoning, finish_reason) from a chat-completions JSON body;
+    MalformedResponse when the body is not one (truncated JSON, an HTML error page, no
+    choices, no content)."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:
@@ -66,7 +67,8 @@ def read_completion(body: bytes) -> tuple[str, dict, Optional[str]]:
         raise MalformedResponse(f"choices[0].message.content is {type(content).__name__}, not a string")
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     reasoning = message.get("reasoning_content") if isinstance(message, dict) else None
-    return content, usage, reasoning if isinstance(reasoning, str) else None
+    finish = data["choices"][0].get("finish_reason") if isinstance(data["choices"][0], dict) else None
+    return content, usage, reasoning if isinstance(reasoning, str) else None, finish if isinstance(finish, str) else None
 
 
 class OpenAIJudge(PromptJudge):
@@ -184,11 +186,11 @@ class OpenAIJudge(PromptJudge):
                 status = response.status_code
                 if status == 200:
                     try:
-                        content, usage, reasoning = read_completion(response.content)
+                        content, usage, reasoning, finish = read_completion(response.content)
                     except MalformedResponse as err:
                         errors.append(f"malformed body: {err}")
                     else:
-                        return self._account(content, usage, reasoning)
+                        return self._account(content, usage, reasoning, finish)
                 elif status in RETRYABLE_STATUS:
                     errors.append(f"HTTP {status}")
                     if status == 429 or status == 503:
@@ -205,7 +207,8 @@ class OpenAIJudge(PromptJudge):
             await asyncio.sleep(delay)
         raise TransportError(f"gave up after {len(errors)} attempts: " + "; ".join(errors[-4:]))
 
-    def _account(self, content: str, usage: dict, reasoning: Optional[str]) -> Completion:
+    def _account(self, content: str, usage: dict, reasoning: Optional[str],
+                 finish_reason: Optional[str] = None) -> Completion:
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
         completion_tokens = int(usage.get("completion_tokens") or 0)
         if not usage:
@@ -217,5 +220,5 @@ class OpenAIJudge(PromptJudge):
             prompt_tokens / 1000 * self.config.price_per_1k_prompt
             + completion_tokens / 1000 * self.config.price_per_1k_completion
         )
-        extra = {"reasoning": reasoning} if reasoning else None
+        extra = {k: v for k, v in (("reasoning", reasoning), ("finish_reason", finish_reason)) if v} or None
         return Completion(content, prompt_tokens, completion_tokens, extra)

@@ -4,7 +4,8 @@ Judges (R1 above all) reason before answering and the reasoning often names ever
 ("maybe Strict... or No?") or even drafts a tag. So every parser
 1. drops the reasoning: everything up to the last `</think>` (this also covers an answer
    whose opening `<think>` was pre-filled by the server and so never appears); an opening
-   `<think>` that is never closed leaves the text as is, and step 3 still prefers the end;
+   `<think>` that is never closed means the reply ended inside its reasoning (cut by the
+   token limit): there is no answer, whatever tags the reasoning drafted;
 2. removes markdown code fences;
 3. takes the LAST answer in what remains,
 and tolerates other capitalisation, single quotes, a missing brace or no braces at all,
@@ -26,6 +27,7 @@ CATEGORIES = ("Strict", "Plausible", "No")
 SUMMARY_KINDS = ("exact", "semantic", "cannot_tell")
 
 _THINK_END = re.compile(r"</\s*think\s*>", re.IGNORECASE)
+_THINK_OPEN = re.compile(r"<\s*think\s*>", re.IGNORECASE)
 _FENCE = re.compile(r"```[a-zA-Z0-9_+-]*")
 # A word that is an option of a template ("Yes/Probably/...") is not an answer.
 _NOT_TEMPLATE = r"(?!\s*/)"
@@ -46,10 +48,13 @@ class Judgement(NamedTuple):
 
 
 def strip_reasoning(text: str) -> str:
-    """The answer part of a reply: after the last </think>, code fences removed."""
+    """The answer part of a reply: after the last </think>, code fences removed; "" when
+    a <think> is still open (the reply stopped inside its reasoning)."""
     ends = list(_THINK_END.finditer(text))
     if ends:
         text = text[ends[-1].end():]
+    if _THINK_OPEN.search(text):
+        return ""
     return _FENCE.sub("", text)
 
 

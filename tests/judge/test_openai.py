@@ -224,3 +224,27 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):
         assert server.n_requests == n - len(survivors)
         assert max(server.attempts.values()) == 1
         assert len(cache) == n
+
+
+@pytest.mark.parametrize("finish_reason, status", [("stop", OK), ("length", UNPARSEABLE), (None, OK)])
+def test_an_answer_cut_at_the_token_limit_is_never_a_label(tmp_path, api_key, finish_reason, status):
+    """A reply whose text happens to hold a judgement but stopped at max_tokens is
+    unparseable, from the server and again from the cache."""
+    import httpx
+
+    from sal.judge.openai_http import OpenAIJudge
+
+    def reply(request):
+        choice = {"index": 0, "message": {"role": "assistant", "content":
+                                           '<judgement>{"Category": "Strict"}</judgement> and then more'}}
+        if finish_reason:
+            choice["finish_reason"] = finish_reason
+        return httpx.Response(200, json={"choices": [choice], "usage": {"prompt_tokens": 5, "completion_tokens": 9}})
+
+    cfg = JudgeConfig(backend="openai", base_url="http://127.0.0.1:9/v1", model="m", api_key_env=KEY_ENV,
+                      max_parse_retries=0, cache_dir=str(tmp_path / "cache"))
+    for _ in range(2):  # the second pass answers from the cache
+        result = OpenAIJudge(cfg, transport=httpx.MockTransport(reply)).judge(items(1), progress=False)[0]
+        assert result.status == status
+        assert (result.label == "Strict") == (status == OK)
+        assert ("finish_reason=length" in (result.error or "")) == (finish_reason == "length")

@@ -120,3 +120,15 @@ def test_parse_summary(text, expected):
 )
 def test_parse_summary_refuses(text):
     assert parse_summary(text) is None
+
+
+@pytest.mark.parametrize("text", [
+    '<think>So it is Strict.\n<judgement>{"Category": "Strict"}</judgement> wait, let me check',
+    '</think>first pass</think> <think>second thoughts <judgement>{"Category": "No"}</judgement>',
+])
+def test_a_reply_that_ends_inside_its_reasoning_has_no_answer(text):
+    from sal.judge.parse import parse_judgement
+
+    assert parse_judgement(text) is None
+    closed = text + "</think>"  # the same drafts, once the reasoning is over, are not the answer either
+    assert parse_judgement(closed + ' <judgement>{"Category": "Plausible"}</judgement>').category == "Plausible"
