@@ -20,6 +20,8 @@ from sal.judge.base import Completion, PromptJudge, TransportError
 from sal.judge.types import JudgeItem
 
 log = logging.getLogger("sal.judge")
+# httpx logs every request at INFO: thousands of lines per stage log. Its warnings still show.
+logging.getLogger("httpx").setLevel(max(logging.getLogger("httpx").level, logging.WARNING))
 
 CONNECTIONS_PER_CLIENT = 8
 

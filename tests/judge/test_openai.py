@@ -248,3 +248,20 @@ def test_an_answer_cut_at_the_token_limit_is_never_a_label(tmp_path, api_key, fi
         assert result.status == status
         assert (result.label == "Strict") == (status == OK)
         assert ("finish_reason=length" in (result.error or "")) == (finish_reason == "length")
+
+
+def test_requests_do_not_flood_the_stage_log(tmp_path, api_key, caplog):
+    import httpx
+
+    from sal.judge.openai_http import OpenAIJudge
+
+    def reply(request):
+        return httpx.Response(200, json={"choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": '<judgement>{"Category": "No"}</judgement>'}}]})
+
+    cfg = JudgeConfig(backend="openai", base_url="http://127.0.0.1:9/v1", model="m", api_key_env=KEY_ENV,
+                      cache_dir=str(tmp_path / "cache"))
+    with caplog.at_level(logging.INFO):
+        results = OpenAIJudge(cfg, transport=httpx.MockTransport(reply)).judge(items(20), progress=False)
+    assert [r.status for r in results] == [OK] * 20
+    assert not [r for r in caplog.records if r.name.startswith("httpx") and r.levelno < logging.WARNING]
