@@ -22,7 +22,6 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 import torch
 
 from sal import atomic
-from sal.atomic import atomic_path
 
 from sal.config.judge import InterpretConfig
 from sal.judge import (
@@ -161,7 +160,7 @@ class TopSpanCollector:
         meta = {"n_features": str(self.n_features), "k": str(self.k), "window": str(self.window),
                 "tau": repr(self.tau), "n_tokens": str(self.n_tokens), "n_docs": str(self.n_docs),
                 "store_tokens": str(self.store_tokens)}
-        with atomic_path(path) as tmp:
+        with atomic.atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
 
     @classmethod

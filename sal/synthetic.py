@@ -20,7 +20,6 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sal import atomic
-from sal.atomic import atomic_path
 from sal import metrics
 from sal.config.evaluate import WorldConfig
 
@@ -191,7 +190,7 @@ def save_world(world: World, directory: str | Path) -> dict[str, Path]:
         "planted": directory / "planted.csv",
         "config": directory / "world.json",
     }
-    with atomic_path(paths["layer_counts"]) as tmp:
+    with atomic.atomic_path(paths["layer_counts"]) as tmp:
         sp.save_npz(tmp, world.layer_counts)
     write_labels(world, paths["labels"])
     world.planted.to_csv(paths["planted"], index=False)

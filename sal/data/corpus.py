@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import pandas as pd
 from tqdm.auto import tqdm
 
+from sal.atomic import write_parquet
 from sal.config.data import DataConfig, GenerationConfig
 from sal.config.model import ModelConfig
 from sal.data.prompts import KEPT_STOPS, build_prompt, stop_strings
@@ -197,12 +197,6 @@ def vllm_generator(model_path: str, gen: GenerationConfig, dtype: str = "bfloat1
     return run
 
 
-def write_atomic(df: pd.DataFrame, path: Path) -> None:
-    from sal.atomic import write_parquet
-
-    write_parquet(df, path)
-
-
 def generate_responses(
     questions: Sequence[dict],
     generator: Generator,
@@ -239,10 +233,10 @@ def generate_responses(
             # has to fit, or the later stages cut it and its last token is not the response's.
             fits = budget is None or n <= budget.max_doc_tokens
             r.update(response=resp, finished=bool(done) and fits, n_tokens=int(n))
-        write_atomic(pd.DataFrame(rows)[COLUMNS], batch_dir / f"batch_{b:06d}.parquet")
+        write_parquet(pd.DataFrame(rows)[COLUMNS], batch_dir / f"batch_{b:06d}.parquet")
     parts = [pd.read_parquet(batch_dir / f"batch_{b:06d}.parquet") for b in range(n_batches)]
     df = pd.concat(parts, ignore_index=True).sort_values("idx").reset_index(drop=True)
-    write_atomic(df, final)
+    write_parquet(df, final)
     return df
 
 

@@ -15,7 +15,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sal import atomic
-
 from sal.config.schema import SALConfig, validate_config
 
 log = logging.getLogger("sal")

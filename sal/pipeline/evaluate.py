@@ -14,7 +14,6 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from sal import atomic
-
 from sal.config.schema import SALConfig
 from sal.pipeline.common import resolved_container, save_resolved_config, setup
 from sal.pipeline.inputs import check_against_training
@@ -124,15 +123,7 @@ def run_single(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
         probs, bins=cfg.evaluate.bins, report_bins=cfg.evaluate.report_bins, n_bootstrap=cfg.evaluate.n_bootstrap,
         n_permutations=cfg.evaluate.n_permutations, ci_level=cfg.evaluate.ci_level, seed=cfg.evaluate.seed,
         drop_empty=cfg.evaluate.empty_category == "drop")
-    summary = {
-        "model": cfg.model.name, "init": cfg.model.init, "run_dir": str(run_dir),
-        **result.to_dict(),
-        "sampling_frame": frame,
-        "judge_label_counts": {c: int((ok.category == c).sum()) for c in cfg.evaluate.categories},
-        "n_labelled": int(len(ok)), "n_unlabelled": int(len(labelled) - len(ok)),
-        "judge": {"backend": cfg.judge.backend, "model": judge.report.model, "report": judge.report.to_dict()},
-        "config": resolved,
-    }
+    summary = _run_summary(cfg, run_dir, ok, labelled, frame, judge, resolved, **result.to_dict())
     if cfg.evaluate.human_labels:
         summary["human_agreement"] = human_agreement(cfg.evaluate.human_labels, explanations, judge)
         h = summary["human_agreement"]
@@ -177,19 +168,26 @@ def not_computable_reason(probs: Dict[str, np.ndarray], min_rules: int, rules: p
             f"a dictionary with so few explainable features yields too few rules.")
 
 
-def _write_not_computable(cfg: SALConfig, run_dir: Path, reason: str, ok: pd.DataFrame, labelled: pd.DataFrame,
-                          frame: dict, judge, resolved: dict) -> dict:
-    """Under evaluate.empty_category=drop, a run whose rules cannot give a SAL still ends
-    with a sal.json that says so (sal: null) instead of failing: a null model whose
-    features are not explainable is a result, not an error."""
-    summary = {
-        "model": cfg.model.name, "init": cfg.model.init, "run_dir": str(run_dir), "sal": None,
-        "not_computable": reason, "sampling_frame": frame,
+def _run_summary(cfg: SALConfig, run_dir: Path, ok: pd.DataFrame, labelled: pd.DataFrame, frame: dict, judge,
+                 resolved: dict, **result) -> dict:
+    """sal.json's content: which run, the SAL result (or why there is none), the judged sample."""
+    return {
+        "model": cfg.model.name, "init": cfg.model.init, "run_dir": str(run_dir),
+        **result,
+        "sampling_frame": frame,
         "judge_label_counts": {c: int((ok.category == c).sum()) for c in cfg.evaluate.categories},
         "n_labelled": int(len(ok)), "n_unlabelled": int(len(labelled) - len(ok)),
         "judge": {"backend": cfg.judge.backend, "model": judge.report.model, "report": judge.report.to_dict()},
         "config": resolved,
     }
+
+
+def _write_not_computable(cfg: SALConfig, run_dir: Path, reason: str, ok: pd.DataFrame, labelled: pd.DataFrame,
+                          frame: dict, judge, resolved: dict) -> dict:
+    """Under evaluate.empty_category=drop, a run whose rules cannot give a SAL still ends
+    with a sal.json that says so (sal: null) instead of failing: a null model whose
+    features are not explainable is a result, not an error."""
+    summary = _run_summary(cfg, run_dir, ok, labelled, frame, judge, resolved, sal=None, not_computable=reason)
     atomic.write_json(run_dir / "sal.json", summary)
     log.warning("%s (%s): SAL not computable. %s", cfg.model.name, cfg.model.init, reason)
     print(f"[evaluate] {cfg.model.name} ({cfg.model.init}): SAL not computable: {reason}")

@@ -88,15 +88,14 @@ def rule_set_layer_counts(cfg: SALConfig, run_dir: Path, model, tokenizer, cc, l
     if path.exists():
         return sp.load_npz(path)
     rule_set = build_corpus(cfg, "rule_set", model, tokenizer)
-    n_unfinished = int((~rule_set.finished).sum())
+    n_total, n_unfinished = len(rule_set), int((~rule_set.finished).sum())
     if unfinished == "exclude":
         rule_set = rule_set[rule_set.finished]
         if rule_set.empty:
             raise ValueError(f"No rule-set response finished within data.max_doc_tokens={cfg.data.max_doc_tokens} "
                              f"(data.generation.max_new_tokens={cfg.data.generation.max_new_tokens}): raise them, or "
                              f"set data.rule_set_unfinished=include to count responses cut by the budget.")
-    log.info("rule set: %d responses; %d did not finish within the token budget and are %s", len(rule_set) +
-             (n_unfinished if unfinished == "exclude" else 0), n_unfinished,
+    log.info("rule set: %d responses; %d did not finish within the token budget and are %s", n_total, n_unfinished,
              "left out" if unfinished == "exclude" else "kept (data.rule_set_unfinished=include)")
     texts = document_texts(rule_set)
     builder = LayerCountBuilder(cc.n_features)

@@ -30,9 +30,6 @@ from sal.config.schema import SALConfig
 
 log = logging.getLogger("sal")
 
-SETS = ("corpus", "rule_set")
-
-
 def launch_rank() -> int:
     """This process's global rank as the launcher set it (torchrun: RANK; SLURM: SLURM_PROCID;
     Lightning's own DDP children: NODE_RANK / LOCAL_RANK); 0 when launched alone."""
@@ -43,7 +40,9 @@ def launch_rank() -> int:
 
 
 def is_done(out_dir: Path) -> bool:
-    return all((out_dir / f"{k}.parquet").exists() for k in SETS)
+    from sal.pipeline.common import KINDS
+
+    return all((out_dir / f"{k}.parquet").exists() for k in KINDS)
 
 
 def generate_corpus(cfg: SALConfig, model=None, tokenizer=None) -> Path:
@@ -100,7 +99,7 @@ def wait_for_rank_zero(out_dir: Path, rank: int, timeout_s: float, poll_s: float
 def write_corpus(cfg: SALConfig, model=None, tokenizer=None) -> Path:
     """Generate (or finish generating) both sets' responses and write them with their manifest."""
     from sal.data.corpus import (COLUMNS, DocumentBudget, generate_responses, hf_generator, select_corpus_questions,
-                                 stratified_rule_set, vllm_generator, write_atomic)
+                                 stratified_rule_set, vllm_generator)
     from sal.models import convert_gguf, load_subject_model, load_tokenizer
     from sal.pipeline.common import corpus_location
 
@@ -126,7 +125,7 @@ def write_corpus(cfg: SALConfig, model=None, tokenizer=None) -> Path:
     # the manifest first: the sets' files are what later runs take for "done"
     write_manifest(out_dir / "manifest.json", cfg, writer_cfg, source_counts, parts)
     for k, part in parts.items():  # each set on its own, numbered from 0
-        write_atomic(part.assign(idx=range(len(part)))[COLUMNS].reset_index(drop=True), out_dir / f"{k}.parquet")
+        atomic.write_parquet(part.assign(idx=range(len(part)))[COLUMNS].reset_index(drop=True), out_dir / f"{k}.parquet")
     return out_dir
 
 

@@ -13,7 +13,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sal import atomic
-from sal.atomic import atomic_path
 
 from sal.rules._csr import as_layer_count_csr
 
@@ -64,7 +63,7 @@ def feature_counts_table(layer_counts: Any) -> pd.DataFrame:
 
 def _write_parquet_atomic(df: pd.DataFrame, path: str, row_group_size: int = 1 << 22) -> None:
     table = pa.Table.from_pandas(df, preserve_index=False)
-    with atomic_path(path) as tmp:
+    with atomic.atomic_path(path) as tmp:
         pq.write_table(table, tmp, row_group_size=row_group_size)
 
 
