@@ -13,10 +13,13 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig):
-    from sal.pipeline.train import run
+    from sal.cli import stage_main
 
-    return run(cfg)
+    return stage_main("train.py", "sal.pipeline.train", cfg)
 
 
 if __name__ == "__main__":
+    from sal.cli import before_hydra
+
+    before_hydra("train.py")
     main()

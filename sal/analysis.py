@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from sal.errors import ConfigError, MissingInputError
+
 RESOURCES = Path(__file__).resolve().parent / "resources"
 REFERENCE_ACCURACY_CSV = RESOURCES / "simplerl_zoo_post_rl.csv"
 """SimpleRL-Zoo post-RL (GRPO) accuracies in %, the source of the paper's Table 1."""
@@ -173,7 +175,7 @@ def _spearman_from_joined(joined: pd.DataFrame, benchmarks: Sequence[str] | None
     rows = []
     for col in benchmarks:
         if col not in joined.columns:
-            raise ValueError(
+            raise ConfigError(
                 f"accuracy column {col!r} not in the accuracy table; it has "
                 f"{[c for c in joined.columns if c != 'sal']}."
             )
@@ -217,13 +219,13 @@ def load_accuracy(accuracy: pd.DataFrame | str | Path | None) -> pd.DataFrame:
     else:
         path = Path(accuracy)
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"accuracy CSV {str(path)!r} does not exist; give a CSV with a 'model' column "
                 "and accuracy columns in %, or leave it unset for the packaged table."
             )
         df = pd.read_csv(path)
     if "model" not in df.columns:
-        raise ValueError(f"accuracy table needs a 'model' column; it has {list(df.columns)}.")
+        raise ConfigError(f"accuracy table needs a 'model' column; it has {list(df.columns)}.")
     return df
 
 
@@ -314,19 +316,19 @@ def compare(
     """
     if isinstance(sal_by_model, pd.DataFrame):
         if not {"model", "sal"} <= set(sal_by_model.columns):
-            raise ValueError(
+            raise ConfigError(
                 f"SAL table needs 'model' and 'sal' columns; it has {list(sal_by_model.columns)}."
             )
         sal_by_model = dict(zip(sal_by_model["model"], sal_by_model["sal"].astype(float)))
     acc = load_accuracy(accuracy)
     if accuracy_column not in acc.columns:
-        raise ValueError(
+        raise ConfigError(
             f"accuracy column {accuracy_column!r} not in the accuracy table; choose one of "
             f"{[c for c in acc.select_dtypes('number').columns]}."
         )
     joined = join_sal_accuracy(sal_by_model, acc)
     if len(joined) < 3:
-        raise ValueError(
+        raise ConfigError(
             f"only {len(joined)} model(s) have both SAL and accuracy; the fit needs at least 3. "
             f"Unmatched: {joined.attrs['unmatched']}."
         )

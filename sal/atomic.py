@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from sal.faults import kill_point
+
 TMP_MARK = ".tmp"
 
 
@@ -46,6 +48,7 @@ def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
         yield tmp
         if fsync:
             _fsync_path(tmp)
+        kill_point("atomic.before_rename", path.name)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -61,9 +64,16 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_path(tmp)
+        kill_point("atomic.before_rename", path.name)
+        old = None
         if path.exists():
-            shutil.rmtree(path)
+            # Moved aside whole, not deleted in place: a kill during a slow delete must not
+            # leave a half-deleted directory (config.json without its weights) under the name.
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old.", suffix=TMP_MARK))
+            os.replace(path, old / path.name)
         os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

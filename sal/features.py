@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sal.activations import residual_stream, special_token_ids, valid_token_mask
+from sal.faults import kill_point
 
 
 class FeatureBatch(NamedTuple):
@@ -62,6 +63,7 @@ def feature_pass(
         feats_BTLC = feats_NLC.new_zeros(B, T, L, feats_NLC.shape[-1])
         feats_BTLC[mask_BT.to(device)] = feats_NLC
         yield FeatureBatch(torch.arange(start, start + len(chunk)), ids.cpu(), mask_BT.cpu(), feats_BTLC)
+        kill_point("features.batch", desc)
 
 
 def _cached_rows(cached: dict, first_doc: int, mask_BT: torch.Tensor) -> torch.Tensor | None:

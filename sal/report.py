@@ -121,7 +121,7 @@ def dictionary_line(config_json: Path) -> str:
     m = json.loads(config_json.read_text()).get("final_metrics") or {}
     if "nmse" not in m:
         return ""
-    from sal.training.run import regime_verdict
+    from sal.training.summary import regime_verdict
 
     feats = f"{m['l0_features']:.1f} distinct features per token, " if "l0_features" in m else ""
     coef = f", final alpha {m['sparsity_coef']:.3g}" if "sparsity_coef" in m else ""

@@ -70,3 +70,47 @@ def test_a_directory_is_replaced_whole_or_not_at_all(tmp_path):
         (tmp / "config.json").write_text('{"v": 3}')
     assert sorted(p.name for p in export.iterdir()) == ["config.json"]  # nothing of v1 left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["crosscoder"]
+
+
+def test_a_replaced_directory_is_moved_aside_whole_before_it_is_deleted(tmp_path, monkeypatch):
+    """A kill while the old directory is being deleted (slow for a large export) must not leave
+    a half-deleted directory (config.json without its weights) under the final name: the new
+    one is in place before any of the old one is deleted."""
+    export = tmp_path / "crosscoder"
+    with atomic.atomic_dir(export) as tmp:
+        (tmp / "config.json").write_text("v1")
+        (tmp / "model.safetensors").write_bytes(b"v1")
+    seen = []
+
+    def rmtree_killed_midway(path, *a, **kw):  # what a kill during the delete would leave
+        seen.append(sorted(p.name for p in export.iterdir()))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.shutil, "rmtree", rmtree_killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.atomic_dir(export) as tmp:
+            (tmp / "config.json").write_text("v2")
+            (tmp / "model.safetensors").write_bytes(b"v2")
+    assert seen == [["config.json", "model.safetensors"]]
+    assert (export / "config.json").read_text() == "v2" and (export / "model.safetensors").read_bytes() == b"v2"
+
+
+def test_kill_point_sigkills_only_where_and_when_named(tmp_path):
+    """sal.faults: SAL_KILL_AT=point[@tag][:N] kills at the N-th matching call, nowhere else."""
+    from sal import faults
+
+    assert faults.parse("a@t:2, b,c:3") == [("a", "t", 2), ("b", None, 1), ("c", None, 3)]
+    script = textwrap.dedent("""
+        import sys
+        from sal.faults import kill_point
+        for i in range(5):
+            kill_point("other")
+            kill_point("step", i % 2)
+            print(i, flush=True)
+    """)
+    env = dict(os.environ, SAL_KILL_AT="step@1:2")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert proc.returncode == -9 and proc.stdout.split() == ["0", "1", "2"]  # the 2nd call tagged 1 is i == 3
+    env.pop("SAL_KILL_AT")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.split() == ["0", "1", "2", "3", "4"]

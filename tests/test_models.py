@@ -55,3 +55,20 @@ def test_local_directory_source_reloads_identical_weights(tmp_path):
     assert local_tok(["x = 1"], return_tensors="pt").input_ids.tolist() == ids.tolist()
     with torch.no_grad():
         assert torch.equal(local(ids).logits, tiny(ids).logits)
+
+
+def test_tiny_tokenizer_numbers_bytes_the_same_in_every_process():
+    """Byte b is token 3 + b: the ids must not depend on a hash order that changes per
+    process (a rerun after a kill, or the next stage, would read the same text as other tokens)."""
+    import subprocess
+    import sys
+
+    from sal.models import tiny_tokenizer
+
+    text = "Hi! \u00e9\n\t~"
+    expected = [3 + b for b in text.encode()]
+    tok = tiny_tokenizer()
+    assert tok(text)["input_ids"] == expected and tok.decode(expected) == text
+    code = f"from sal.models import tiny_tokenizer; print(tiny_tokenizer()({text!r})['input_ids'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(expected)

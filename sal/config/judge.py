@@ -4,10 +4,56 @@ the feature-interpretation stage that uses it (paper Section 2.2, Appendix C.2 a
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
+from urllib.parse import urlsplit
+
+from omegaconf import OmegaConf
 
 BACKENDS = ("openai", "hf_local", "lexical", "replay")
+
+
+def launch_path(path: str) -> str:
+    """`path` made absolute against the directory the run was launched from (Hydra's
+    original working directory, whatever hydra.job.chdir says; the current one outside
+    Hydra). Behind ``${sal.abspath:...}`` in conf/judge: a relative $SAL_CACHE must name one
+    judge cache for every run, not one under each run directory."""
+    p = Path(os.path.expanduser(str(path)))
+    if p.is_absolute():
+        return str(p)
+    base = os.getcwd()
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.utils import get_original_cwd
+
+        if HydraConfig.initialized():
+            base = get_original_cwd()
+    except (ImportError, ValueError):
+        pass
+    return str(Path(base) / p)
+
+
+if not OmegaConf.has_resolver("sal.abspath"):
+    OmegaConf.register_new_resolver("sal.abspath", launch_path)
+
+
+def base_url_problem(url: str) -> Optional[str]:
+    """Why `url` cannot be an OpenAI-compatible base URL (None when it can)."""
+    example = 'give a full URL such as "http://127.0.0.1:8000/v1" or "https://api.deepseek.com/v1"'
+    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+        return example
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises on a port that is not a number in range
+    except ValueError as err:
+        return f"{err}; {example}"
+    if not parts.hostname:
+        return f"no host name; {example}"
+    if parts.query or parts.fragment:
+        return f"no query or fragment allowed (requests go to base_url + \"/chat/completions\"); {example}"
+    return None
 
 
 @dataclass
@@ -46,22 +92,52 @@ class JudgeConfig:
     generation length, so that the judge's reasoning is not cut short)."""
 
     concurrency: int = 32
-    """Maximum number of HTTP requests in flight at once."""
+    """Maximum number of HTTP requests in flight at once. When requests keep timing out
+    (3 in a row with no answer between), the judge halves the number it keeps in flight,
+    down to 1, and says so in a warning: a server that queues requests (one slot, many
+    clients) then answers them instead of letting them expire in its queue."""
+
+    stream: bool = True
+    """Ask for a streamed answer (``"stream": true``, server-sent events): every token that
+    arrives, reasoning included, shows the request is alive, so a stall is detected after
+    `read_timeout_s` of silence instead of after the whole `timeout_s`. False sends one
+    plain JSON request and reads one JSON body (for a server that cannot stream)."""
+
+    connect_timeout_s: float = 10.0
+    """Seconds to open a connection (DNS, TCP, TLS). Short: a server that cannot be reached
+    is known at once, not after a whole generation's time."""
+
+    read_timeout_s: float = 180.0
+    """Read-idle timeout in seconds: the longest silence allowed while waiting for the next
+    bytes of an answer (the first ones included, so it also bounds time spent in the
+    server's queue). Streamed answers send bytes all along; a non-streamed one sends
+    nothing until it is complete, so raise this with stream=false."""
 
     timeout_s: float = 600.0
-    """Per-request deadline in seconds (whole request, not per read). R1 reasoning on a
-    rule can take minutes, hence the generous default."""
+    """Overall cap on one request in seconds, from sending it to the last byte of the answer,
+    however steadily bytes arrive. R1 reasoning on a rule can take minutes, hence the
+    generous default."""
 
     max_retries: int = 6
     """Retries of one request after a 429, 5xx, timeout, dropped connection or malformed
     body; after that the item is reported as failed (never given a default label)."""
+
+    max_connect_failures: int = 16
+    """After this many connection attempts in a row fail (refused, DNS, TLS, connect
+    timeout) with no answer from the server between them, the batch stops with one error
+    naming the URL and the cause, instead of trying every item in turn. Answers already
+    received are in the cache, so a rerun resumes."""
+
+    retry_after_max_s: float = 120.0
+    """Longest wait honoured from a server's Retry-After header (429/503). A longer request
+    (``Retry-After: 3600``) is cut to this, with a warning."""
 
     backoff_base_s: float = 1.0
     """First back-off delay in seconds; doubles on each retry, with random jitter."""
 
     backoff_max_s: float = 60.0
     """Upper bound of one exponential back-off delay. A server's Retry-After header is
-    honoured in full even when it is longer."""
+    honoured when it is longer, up to `retry_after_max_s`."""
 
     max_parse_retries: int = 2
     """How many fresh answers to request when an answer cannot be parsed, before the item
@@ -69,7 +145,10 @@ class JudgeConfig:
 
     cache_dir: Optional[str] = "judge_cache"
     """Directory of the on-disk judgment cache (one file per sha256 key, sharded); relative
-    paths are taken relative to the run directory by the caller. None disables caching."""
+    paths are taken relative to the run directory by the caller. None disables caching.
+    The conf/judge groups put it under ``paths.cache_dir`` made absolute against the
+    directory the run was launched from (``${sal.abspath:...}``), so that every run shares
+    it even when $SAL_CACHE is a relative path."""
 
     replay_path: Optional[str] = None
     """CSV or JSONL file answering items for the "replay" backend (human labels or another
@@ -132,20 +211,26 @@ class JudgeConfig:
     as "Exact pattern"; otherwise the explanation is "Cannot Tell"."""
 
     def validate(self) -> "JudgeConfig":
-        def bad(field: str, value, fix: str) -> ValueError:
-            return ValueError(f"judge.{field}={value!r} is invalid: {fix}")
+        # Imported here: sal.judge's package imports this module.
+        from sal.errors import ConfigError
+        from sal.judge.secrets import REDACTED, env_key_problem, redact
+
+        def bad(field: str, value, fix: str) -> ConfigError:  # a ValueError too
+            return ConfigError(f"judge.{field}={value!r} is invalid: {fix}")
 
         if self.backend not in BACKENDS:
             raise bad("backend", self.backend, f"choose one of {', '.join(BACKENDS)}")
         if self.backend == "openai":
-            if not self.base_url.startswith(("http://", "https://")):
-                raise bad("base_url", self.base_url, 'give a full URL such as "http://127.0.0.1:8000/v1"')
+            url_problem = base_url_problem(self.base_url)
+            if url_problem:
+                raise bad("base_url", redact(self.base_url), url_problem)
             if not self.model:
                 raise bad("model", self.model, "name the model the server should run")
         if self.backend == "replay" and not self.replay_path:
             raise bad("replay_path", self.replay_path, "the replay backend needs a CSV/JSONL file of answers")
-        if self.api_key_env is not None and (not self.api_key_env or "=" in self.api_key_env):
-            raise bad("api_key_env", "<redacted>", "give the NAME of an environment variable (or null), never the key")
+        key_problem = env_key_problem(self.api_key_env)
+        if key_problem:
+            raise bad("api_key_env", REDACTED, key_problem)
         if not 0.0 <= self.temperature <= 2.0:
             raise bad("temperature", self.temperature, "use a value in [0, 2] (paper: 0.1)")
         if not 0.0 < self.top_p <= 1.0:
@@ -154,10 +239,14 @@ class JudgeConfig:
             raise bad("max_tokens", self.max_tokens, "use a positive integer or null for no limit")
         if self.concurrency < 1:
             raise bad("concurrency", self.concurrency, "use at least 1")
-        if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
-            raise bad("timeout_s", self.timeout_s, "use a positive number of seconds")
+        for name in ("connect_timeout_s", "read_timeout_s", "timeout_s", "retry_after_max_s"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise bad(name, value, "use a positive number of seconds")
         if self.max_retries < 0:
             raise bad("max_retries", self.max_retries, "use 0 or more")
+        if self.max_connect_failures < 1:
+            raise bad("max_connect_failures", self.max_connect_failures, "use at least 1")
         if self.backoff_base_s < 0 or self.backoff_max_s < self.backoff_base_s:
             raise bad("backoff_max_s", self.backoff_max_s, "need 0 <= backoff_base_s <= backoff_max_s")
         if self.max_parse_retries < 0:

@@ -73,6 +73,10 @@ class SALConfig:
     """extract_rules.py / evaluate.py: go on (with a warning) when the model, layers, corpus or
     length settings differ from those the crosscoder was trained with; by default they refuse
     (sal.pipeline.inputs)."""
+    force: bool = False
+    """Recompute this stage's outputs even when their recorded fingerprints match this run's
+    settings (sal.fingerprint); by default a stage reuses up-to-date outputs and recomputes
+    the ones whose inputs changed. The judge's cache is kept either way."""
     plan: bool = False
     """train.py: print the training plan (batch split, peak memory per device, FLOPs) and exit
     without loading the subject model."""
@@ -120,14 +124,31 @@ def resolve_auto_dtypes(cfg: SALConfig) -> None:
 
 
 def validate_config(cfg) -> SALConfig:
-    """Typed, checked view of a composed config; raises ValueError naming the fix.
+    """Typed, checked view of a composed config; raises ConfigError naming the fix.
 
     Runs before any model loads: every sub-config's own ``validate()``, then the checks that
-    span groups (layer indices against the model's depth, the sparsity coefficient).
+    span groups (layer indices against the model's depth, the sparsity coefficient). The
+    checks come before torch is imported (to resolve the ``auto`` choices against the
+    hardware), so that a wrong setting is reported within a second or two.
     """
+    from sal.errors import ConfigError
+
+    try:
+        obj: SALConfig = OmegaConf.to_object(cfg)
+        _check(obj)
+        resolve_auto_trainer(obj.trainer)
+        obj.trainer.validate()
+    except ConfigError:
+        raise
+    except ValueError as err:  # every validate() raises ValueError; all of them are the user's to fix
+        raise ConfigError(str(err)) from err
+    resolve_auto_dtypes(obj)
+    return obj
+
+
+def _check(obj: SALConfig) -> None:
     from sal.layers import validate_layers
 
-    obj: SALConfig = OmegaConf.to_object(cfg)
     if obj.sparsity < 0:
         raise ValueError(f"sparsity={obj.sparsity} is negative: the sparsity coefficient must be >= 0 "
                          f"(the paper uses 5e-3, and 3e-3 for qwen2.5-14b).")
@@ -139,11 +160,8 @@ def validate_config(cfg) -> SALConfig:
         raise ValueError(f"optim.max_tokens_per_instance={obj.optim.max_tokens_per_instance} differs from "
                          f"data.max_doc_tokens={obj.data.max_doc_tokens}: one document length serves generation, "
                          f"training and the feature passes; set data.max_doc_tokens only.")
-    resolve_auto_trainer(obj.trainer)
     for name in ("model", "crosscoder", "optim", "data", "judge", "interpret", "rules", "evaluate",
-                 "analysis", "world", "trainer", "logger"):
+                 "analysis", "world", "logger"):  # the trainer once its "auto" choices are resolved
         sub = getattr(obj, name)
         if hasattr(sub, "validate"):
             sub.validate()
-    resolve_auto_dtypes(obj)
-    return obj

@@ -26,6 +26,8 @@ from sal.config.data import DataConfig, GenerationConfig
 from sal.config.model import ModelConfig
 from sal.data.prompts import KEPT_STOPS, build_prompt, stop_strings
 from sal.data.sources import load_questions, load_source
+from sal.errors import ConfigError
+from sal.faults import kill_point
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ def stratified_rule_set(data: DataConfig) -> List[dict]:
     strata smaller than that are taken whole. Rows come back in (type, level) order."""
     rows = _short_enough(load_source(data.rule_set_source), data)
     if not any(r["type"] for r in rows):
-        raise ValueError(f"data.rule_set_source={data.rule_set_source!r} has no type/level fields; "
+        raise ConfigError(f"data.rule_set_source={data.rule_set_source!r} has no type/level fields; "
                          f"use a MATH split (math_test or math_train).")
     strata: dict = {}
     for r in rows:
@@ -234,6 +236,7 @@ def generate_responses(
             fits = budget is None or n <= budget.max_doc_tokens
             r.update(response=resp, finished=bool(done) and fits, n_tokens=int(n))
         write_parquet(pd.DataFrame(rows)[COLUMNS], batch_dir / f"batch_{b:06d}.parquet")
+        kill_point("generate.batch", b)
     parts = [pd.read_parquet(batch_dir / f"batch_{b:06d}.parquet") for b in range(n_batches)]
     df = pd.concat(parts, ignore_index=True).sort_values("idx").reset_index(drop=True)
     write_parquet(df, final)

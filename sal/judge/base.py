@@ -167,6 +167,8 @@ class PromptJudge(Judge):
         super().__init__(config)
         root = cache_root if cache_root is not None else config.cache_dir
         self.cache = JudgeCache(root) if root else None
+        self._pending: dict[str, asyncio.Future] = {}
+        """Requests in flight by cache key (see _complete_once)."""
 
     @property
     @abstractmethod
@@ -176,6 +178,46 @@ class PromptJudge(Judge):
     @abstractmethod
     async def _complete(self, item: JudgeItem, sample: int) -> Completion:
         """Ask the model once; raise TransportError when it cannot be done."""
+
+    async def _complete_once(self, item: JudgeItem, sample: int, key: str) -> Completion:
+        """Ask the model for `key` unless the same question is already in flight (another
+        batch of this judge on the same loop asking it): then wait for that answer instead
+        of paying for it twice. The answer is cached before anyone else sees it."""
+        while (pending := self._pending.get(key)) is not None:
+            try:
+                completion = await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if pending.cancelled():  # its owner was cancelled, not this item: ask ourselves
+                    continue
+                raise
+            self.report.n_shared += 1
+            return completion
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            completion = await self._complete(item, sample)
+            if self.cache is not None:
+                record = {
+                    "backend": self.backend, "model": self.model_id, "params": self.cache_params,
+                    "task": item.task, "item": item.key, "sample": sample, "prompt": item.prompt,
+                    "text": completion.text, "prompt_tokens": completion.prompt_tokens,
+                    "completion_tokens": completion.completion_tokens, "created": time.time(),
+                    **(completion.extra or {}),
+                }
+                # Off the event loop: an fsync must not stall the other requests.
+                await asyncio.to_thread(self.cache.put, key, record)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as err:
+            future.set_exception(err)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody waits
+            raise
+        else:
+            future.set_result(completion)
+            return completion
+        finally:
+            del self._pending[key]
 
     def _key(self, item: JudgeItem, sample: int) -> str:
         return cache_key(self.backend, self.model_id, {**self.cache_params, "task": item.task}, item.prompt, sample)
@@ -197,21 +239,11 @@ class PromptJudge(Judge):
             else:
                 all_cached = False
                 try:
-                    completion = await self._complete(item, sample)
+                    completion = await self._complete_once(item, sample, key)
                 except TransportError as err:
                     return Judgment(item.key, item.task, FAILED, None, None, raw, str(err), sample, False)
                 raw = completion.text
                 finish = (completion.extra or {}).get("finish_reason")
-                if self.cache is not None:
-                    record = {
-                        "backend": self.backend, "model": self.model_id, "params": self.cache_params,
-                        "task": item.task, "item": item.key, "sample": sample, "prompt": item.prompt,
-                        "text": completion.text, "prompt_tokens": completion.prompt_tokens,
-                        "completion_tokens": completion.completion_tokens, "created": time.time(),
-                        **(completion.extra or {}),
-                    }
-                    # Off the event loop: an fsync must not stall the other requests.
-                    await asyncio.to_thread(self.cache.put, key, record)
             # An answer cut at the token limit is not an answer, whatever it happens to contain.
             parsed = None if finish == "length" else parse_answer(item.task, raw)
             if parsed is not None:

@@ -2,10 +2,13 @@
 
 Layout: <cache_dir>/<key[:2]>/<key>.json. Why one file per key rather than an append-only
 JSONL or sqlite:
-- Crash safety without a recovery step: a record is written to a unique temporary file in
-  the same directory, fsync'ed, then moved into place with os.replace, which is atomic on
-  POSIX. A reader therefore sees either no file or a whole record, never a torn one; a
-  crash leaves at most a stray "*.tmp" file, which readers ignore and `sweep()` removes.
+- Crash safety: a record is written to a unique temporary file in the same directory
+  (sal.atomic), fsync'ed, then moved into place with os.replace, which is atomic on POSIX.
+  A reader therefore sees either no file or a whole record, never a torn one. A kill leaves
+  at most a hidden temporary file, which readers ignore; opening the cache recovers it
+  (`recover()`): a complete record, whose answer was paid for and only its rename lost, is
+  moved into place; an incomplete one is removed once it is old enough that no live
+  writer can own it.
 - Concurrent workers (several processes, DDP ranks, SLURM array jobs on a shared file
   system) need no lock: distinct keys touch distinct files, and two writers of the same
   key both write a complete record of the same question, the last rename winning. sqlite's
@@ -29,11 +32,22 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+import re
+import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from sal.atomic import atomic_path
+
 log = logging.getLogger(__name__)
+
+RECORD_NAME = re.compile(r"^[0-9a-f]{64}\.json$")
+# Temporary files of a record: sal.atomic's ".<key>.<random>.tmp.json" and, from older
+# versions, ".<key[:16]>.<random>.tmp".
+TMP_GLOBS = ("??/.*.tmp", "??/.*.tmp.json")
+STALE_TMP_S = 60.0
+"""An incomplete temporary file older than this belongs to a dead writer (a live one
+writes a record in milliseconds)."""
 
 
 def cache_key(backend: str, model: str, params: Mapping[str, Any], prompt: str, sample: int = 0) -> str:
@@ -50,10 +64,12 @@ def cache_key(backend: str, model: str, params: Mapping[str, Any], prompt: str, 
 class JudgeCache:
     """Content-addressed store of raw judge answers (see module docstring)."""
 
-    def __init__(self, root: str | os.PathLike, fsync: bool = True):
+    def __init__(self, root: str | os.PathLike, fsync: bool = True, recover: bool = True):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
+        if recover:
+            self.recover()
 
     def path(self, key: str) -> Path:
         if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
@@ -81,37 +97,75 @@ class JudgeCache:
     def put(self, key: str, record: Mapping[str, Any]) -> None:
         """Atomically store `record` (a JSON-serialisable mapping) under `key`."""
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = json.dumps({**record, "key": key}, ensure_ascii=False).encode("utf-8")
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=path.parent)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                if self.fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+            with atomic_path(path, fsync=self.fsync) as tmp:
+                tmp.write_bytes(data)
+        except FileNotFoundError:
+            # Another process's recover() found our complete temporary file and moved it
+            # into place first: the record is stored all the same.
+            if not path.is_file():
+                raise
 
     def __contains__(self, key: str) -> bool:
         return self.path(key).is_file()
 
+    def _records(self):
+        return (p for p in self.root.glob("??/*.json") if RECORD_NAME.match(p.name))
+
     def __len__(self) -> int:
-        return sum(1 for _ in self.root.glob("??/*.json"))
+        return sum(1 for _ in self._records())
 
     def keys(self) -> list[str]:
-        return sorted(p.stem for p in self.root.glob("??/*.json"))
+        return sorted(p.stem for p in self._records())
+
+    def _temporaries(self) -> list[Path]:
+        return sorted({p for pattern in TMP_GLOBS for p in self.root.glob(pattern)})
+
+    @staticmethod
+    def _complete_record(tmp: Path) -> Optional[str]:
+        """The key of the whole record `tmp` holds, or None when it is torn or foreign."""
+        try:
+            record = json.loads(tmp.read_bytes())
+        except (OSError, ValueError):
+            return None
+        key = record.get("key") if isinstance(record, dict) else None
+        if not (isinstance(key, str) and RECORD_NAME.match(f"{key}.json") and tmp.name.startswith(f".{key[:16]}")
+                and tmp.parent.name == key[:2] and isinstance(record.get("text"), str)):
+            return None
+        return key
+
+    def recover(self, stale_after_s: float = STALE_TMP_S) -> tuple[int, int]:
+        """Finish what killed writers left; returns (records promoted, files removed).
+
+        A temporary file holding a complete record (the write finished, the rename was lost)
+        is moved into place, so its answer is not paid for again; one whose record already
+        exists is removed. A torn one is removed once older than `stale_after_s` (younger,
+        it may still be written by a live process sharing the cache)."""
+        promoted = removed = 0
+        now = time.time()
+        for tmp in self._temporaries():
+            key = self._complete_record(tmp)
+            try:
+                if key is not None and not self.path(key).exists():
+                    os.replace(tmp, self.path(key))
+                    promoted += 1
+                elif key is not None or now - tmp.stat().st_mtime > stale_after_s:
+                    tmp.unlink()
+                    removed += 1
+            except FileNotFoundError:  # its writer (or another recover) got there first
+                pass
+        if promoted or removed:
+            log.info("judge cache %s: recovered %d complete answer(s) left by a killed run, removed %d "
+                     "temporary file(s)", self.root, promoted, removed)
+        return promoted, removed
 
     def sweep(self) -> int:
-        """Remove temporary files left by writers that crashed; returns how many. Call it
-        only when no writer is running (a live writer's temp file would be removed)."""
+        """Remove every temporary file, complete or not; returns how many. Call it only when
+        no writer is running (a live writer's temp file would be removed); `recover()` is
+        the safe version that keeps complete records."""
         removed = 0
-        for tmp in self.root.glob("??/.*.tmp"):
+        for tmp in self._temporaries():
             try:
                 tmp.unlink()
                 removed += 1

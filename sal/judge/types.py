@@ -87,6 +87,8 @@ class JudgeReport:
     n_declined: int = 0
     n_cache_hits: int = 0
     """Answers served from the on-disk cache instead of a request."""
+    n_shared: int = 0
+    """Answers shared with an identical request already in flight (no request sent)."""
     n_requests: int = 0
     """Requests sent to the backend, retries included."""
     n_retries: int = 0
@@ -114,7 +116,8 @@ class JudgeReport:
         line = (
             f"judge[{self.backend}:{self.model}] items={self.n_items} ok={self.n_ok} "
             f"failed={self.n_failed} unparseable={self.n_unparseable} declined={self.n_declined} "
-            f"cache_hits={self.n_cache_hits} requests={self.n_requests} retries={self.n_retries} "
+            f"cache_hits={self.n_cache_hits} shared={self.n_shared} requests={self.n_requests} "
+            f"retries={self.n_retries} "
             f"parse_retries={self.n_parse_retries} tokens={self.prompt_tokens}+{self.completion_tokens} "
             f"cost=${self.cost_usd:.4f}"
         )

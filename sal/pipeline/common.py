@@ -7,21 +7,26 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Tuple
+from typing import TYPE_CHECKING, Tuple
 
-import numpy as np
-import pandas as pd
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sal import atomic
 from sal.config.schema import SALConfig, validate_config
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from sal.config.model import ModelConfig
 
 log = logging.getLogger("sal")
 
 
 def setup(cfg: DictConfig) -> Tuple[SALConfig, Path]:
     """Validate the config (before anything heavy), seed, and return (typed config, run dir)."""
+    import numpy as np
+    import torch
+
     from sal.hardware import log_choice
 
     typed = validate_config(cfg)
@@ -92,6 +97,8 @@ def build_corpus(cfg: SALConfig, kind: str, model=None, tokenizer=None) -> pd.Da
     Both sets are generated together, in the same batches, whichever is asked for first: a
     CPU (or a GPU) decodes one wide batch for little more than a narrow one, and the two
     sets' texts then depend on the configuration alone, not on which stage ran first."""
+    import pandas as pd
+
     from sal.pipeline.generate import generate_corpus
 
     if kind not in KINDS:

@@ -15,10 +15,15 @@ from omegaconf import DictConfig
 
 from sal import atomic
 from sal.config.schema import SALConfig
+from sal.errors import ConfigError, MissingInputError
+from sal.pipeline import steps
 from sal.pipeline.common import resolved_container, save_resolved_config, setup
 from sal.pipeline.inputs import check_against_training
 
 log = logging.getLogger("sal")
+
+JUDGE_REPORT = "judge_report.json"
+"""The tally (items, tokens, cost, problems) of the run that judged evaluate/labelled_rules.parquet."""
 
 
 def run(cfg: DictConfig):
@@ -57,7 +62,7 @@ def enforce_min_rules(probs: Dict[str, np.ndarray], min_rules: int, policy: str)
     evaluate.min_rules_per_category); with policy 'error', stop and say how to fix it."""
     thin = {k: len(v) for k, v in probs.items() if 0 < len(v) < min_rules}
     if thin and policy == "error":
-        raise ValueError(
+        raise ConfigError(
             f"Too few labelled rules in {thin} (< evaluate.min_rules_per_category={min_rules}) for a histogram: "
             f"label more rules (evaluate.n_rules_per_arity) or set evaluate.empty_category=drop.")
     if thin:
@@ -100,18 +105,32 @@ def run_single(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
     rules_path, expl_path = run_dir / "rules" / "rules.parquet", run_dir / "features" / "explanations.parquet"
     for p in (rules_path, expl_path):
         if not p.exists():
-            raise FileNotFoundError(f"{p} not found: run `python extract_rules.py` with the same model and "
+            raise MissingInputError(f"{p} not found: run `python extract_rules.py` with the same model and "
                                     f"run_name first (or point run_dir= at a finished run).")
+    labelled_step, sal_step = steps.labelled_rules_step(cfg, run_dir), steps.sal_step(cfg, run_dir)
+    if sal_step.is_fresh(cfg.force):
+        summary = json.loads(sal_step.output.read_text())
+        print(f"[evaluate] {cfg.model.name} ({cfg.model.init}): up to date in {sal_step.output}: SAL = "
+              f"{summary.get('sal')} (force=true recomputes it)")
+        return summary
+    sal_step.forget()
+    rejudge = not (labelled_step.is_fresh(cfg.force) and _all_answered(labelled_step.output))
     rules = pd.read_parquet(rules_path)
     explanations = pd.read_parquet(expl_path)
     explained = set(explanations.feature[explanations.explanation.notna()].astype(int))
     sample, frame = sample_rules(rules, explained, cfg.evaluate.n_rules_per_arity, cfg.evaluate.seed)
     print(f"[evaluate] sampling frame: {json.dumps(frame)}")
     judge = _judge_for(cfg, run_dir)
-    labelled = judge_rules(sample, explanations, judge)
     out = run_dir / "evaluate"
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_parquet(labelled, out / "labelled_rules.parquet")
+    if not rejudge:
+        labelled = pd.read_parquet(labelled_step.output)
+    else:
+        labelled_step.forget()
+        labelled = judge_rules(sample, explanations, judge)
+        atomic.write_json(out / JUDGE_REPORT, judge.report.to_dict())
+        atomic.write_parquet(labelled, labelled_step.output)
+        labelled_step.record()
 
     ok = labelled[labelled.judge_status == "ok"]
     probs = metrics.probs_by_category_from_frame(ok, categories=cfg.evaluate.categories)
@@ -119,6 +138,9 @@ def run_single(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
     reason = not_computable_reason(probs, cfg.evaluate.min_rules_per_category, rules, explained, frame)
     if reason and cfg.evaluate.empty_category == "drop":
         return _write_not_computable(cfg, run_dir, reason, ok, labelled, frame, judge, resolved)
+    if reason:
+        raise ConfigError(f"{reason} Label more rules (evaluate.n_rules_per_arity), or set evaluate.empty_category=drop "
+                          f"to record the run as not computable (sal: null).")
     result = metrics.evaluate_sal(
         probs, bins=cfg.evaluate.bins, report_bins=cfg.evaluate.report_bins, n_bootstrap=cfg.evaluate.n_bootstrap,
         n_permutations=cfg.evaluate.n_permutations, ci_level=cfg.evaluate.ci_level, seed=cfg.evaluate.seed,
@@ -139,6 +161,7 @@ def run_single(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
     # One sal.json, at the run directory's top level, where compare and the demo report look;
     # written last: it is what says "evaluated".
     atomic.write_json(run_dir / "sal.json", summary)
+    sal_step.record()
     wb = start_run(cfg.logger, run_dir, f"{cfg.model.name}-sal", "evaluate", resolved)
     if wb is not None:
         wb.log({"sal/bits": result.sal, "sal/p_value": result.p_value, "sal/ci_low": result.ci[0],
@@ -152,6 +175,16 @@ def run_single(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
     print(f"[evaluate] {judge.report.summary()}")
     print(f"[evaluate] report: {report}")
     return summary
+
+
+def _all_answered(labelled_path: Path) -> bool:
+    """A judged sample with failed requests is judged again (the answered items come from
+    the judge's cache), so a rerun after a server outage completes it."""
+    labelled = pd.read_parquet(labelled_path, columns=["judge_status"])
+    failed = int((labelled.judge_status == "failed").sum())
+    if failed:
+        log.warning("judged rule sample: judging again: %d of %d requests failed last time", failed, len(labelled))
+    return failed == 0
 
 
 def not_computable_reason(probs: Dict[str, np.ndarray], min_rules: int, rules: pd.DataFrame, explained: set,
@@ -177,9 +210,18 @@ def _run_summary(cfg: SALConfig, run_dir: Path, ok: pd.DataFrame, labelled: pd.D
         "sampling_frame": frame,
         "judge_label_counts": {c: int((ok.category == c).sum()) for c in cfg.evaluate.categories},
         "n_labelled": int(len(ok)), "n_unlabelled": int(len(labelled) - len(ok)),
-        "judge": {"backend": cfg.judge.backend, "model": judge.report.model, "report": judge.report.to_dict()},
+        "judge": {"backend": cfg.judge.backend, "model": judge.report.model, "report": _judge_report(judge, run_dir)},
         "config": resolved,
     }
+
+
+def _judge_report(judge, run_dir: Path) -> dict:
+    """This run's judge tally; when the judged sample was reused (nothing asked this time),
+    the tally of the run that judged it, marked as such."""
+    saved = run_dir / "evaluate" / JUDGE_REPORT
+    if judge.report.n_items == 0 and saved.exists():
+        return {**json.loads(saved.read_text()), "from_earlier_run": True}
+    return judge.report.to_dict()
 
 
 def _write_not_computable(cfg: SALConfig, run_dir: Path, reason: str, ok: pd.DataFrame, labelled: pd.DataFrame,
@@ -189,6 +231,7 @@ def _write_not_computable(cfg: SALConfig, run_dir: Path, reason: str, ok: pd.Dat
     features are not explainable is a result, not an error."""
     summary = _run_summary(cfg, run_dir, ok, labelled, frame, judge, resolved, sal=None, not_computable=reason)
     atomic.write_json(run_dir / "sal.json", summary)
+    steps.sal_step(cfg, run_dir).record()
     log.warning("%s (%s): SAL not computable. %s", cfg.model.name, cfg.model.init, reason)
     print(f"[evaluate] {cfg.model.name} ({cfg.model.init}): SAL not computable: {reason}")
     return summary
@@ -207,7 +250,7 @@ def collect_sal(cfg: SALConfig) -> Dict[str, float]:
     for d in dirs:
         path = d / "sal.json"
         if not path.exists():
-            raise FileNotFoundError(f"{path} missing: run `python evaluate.py run_dir={d}` first.")
+            raise MissingInputError(f"{path} missing: run `python evaluate.py run_dir={d}` first.")
         s = json.loads(path.read_text())
         if s.get("sal") is None:
             log.warning("%s: no SAL (%s); left out of the comparison", path, s.get("not_computable", "not computed"))

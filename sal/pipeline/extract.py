@@ -14,8 +14,12 @@ from omegaconf import DictConfig
 
 from sal.atomic import atomic_path
 from sal.config.schema import SALConfig
+from sal.errors import ConfigError, MissingInputError
+from sal.fingerprint import Step
 from sal.pipeline.common import build_corpus, save_resolved_config, setup
+from sal.pipeline.generate import launch_rank
 from sal.pipeline.inputs import check_against_training
+from sal.pipeline.steps import crosscoder_digest, explanations_step, layer_counts_step, rules_step
 
 log = logging.getLogger("sal")
 
@@ -26,9 +30,7 @@ def load_crosscoder(cfg: SALConfig, run_dir: Path, device):
     from sal.crosscoder import Crosscoder
 
     export = run_dir / "crosscoder"
-    if not (export / "config.json").exists():
-        raise FileNotFoundError(f"No crosscoder in {export}: run `python train.py` with the same model and "
-                                f"run_name first (or set run_dir= to a finished training run).")
+    require_crosscoder(run_dir)
     cc = Crosscoder.from_pretrained(export, device=device)
     layers = [int(i) for i in Crosscoder.load_config(export)["layers"]]
     if layers != list(cfg.layers.indices):  # only under accept_mismatch=true (sal.pipeline.inputs)
@@ -43,15 +45,13 @@ def allowed_features(explanations: pd.DataFrame, min_level: str) -> list[int]:
 
 
 def interpret(cfg: SALConfig, run_dir: Path, model, tokenizer, cc, layers) -> pd.DataFrame:
-    """Top spans over the training corpus, explained and verified by the judge; cached."""
+    """Top spans over the training corpus, explained and verified by the judge; writes
+    features/explanations.parquet (the caller decides whether it is up to date)."""
     from sal.data.corpus import document_texts
     from sal.features import feature_pass
     from sal.interpret import TopSpanCollector, interpret_features
     from sal.judge import make_judge
 
-    path = run_dir / "features" / "explanations.parquet"
-    if path.exists():
-        return pd.read_parquet(path)
     corpus = build_corpus(cfg, "corpus", model, tokenizer)
     texts = document_texts(corpus)
     ic = cfg.interpret
@@ -78,21 +78,20 @@ def interpret(cfg: SALConfig, run_dir: Path, model, tokenizer, cc, layers) -> pd
 
 
 def rule_set_layer_counts(cfg: SALConfig, run_dir: Path, model, tokenizer, cc, layers) -> sp.csr_matrix:
-    """One layer-count vector per rule-set sample (CSR [n_samples, C]); cached."""
+    """One layer-count vector per rule-set sample (CSR [n_samples, C]), written to the
+    layer-counts step's output (the caller decides whether it is up to date)."""
     from sal.data.corpus import document_texts
     from sal.features import feature_pass
     from sal.rules import LayerCountBuilder, aggregate_batch
 
     unfinished = cfg.data.rule_set_unfinished
-    path = run_dir / "rules" / f"layer_counts_{cfg.rules.aggregate}_tau{cfg.rules.tau:g}_unfinished-{unfinished}.npz"
-    if path.exists():
-        return sp.load_npz(path)
+    path = layer_counts_step(cfg, run_dir).output
     rule_set = build_corpus(cfg, "rule_set", model, tokenizer)
     n_total, n_unfinished = len(rule_set), int((~rule_set.finished).sum())
     if unfinished == "exclude":
         rule_set = rule_set[rule_set.finished]
         if rule_set.empty:
-            raise ValueError(f"No rule-set response finished within data.max_doc_tokens={cfg.data.max_doc_tokens} "
+            raise ConfigError(f"No rule-set response finished within data.max_doc_tokens={cfg.data.max_doc_tokens} "
                              f"(data.generation.max_new_tokens={cfg.data.generation.max_new_tokens}): raise them, or "
                              f"set data.rule_set_unfinished=include to count responses cut by the budget.")
     log.info("rule set: %d responses; %d did not finish within the token budget and are %s", n_total, n_unfinished,
@@ -131,25 +130,60 @@ def run(cfg: DictConfig):
     typed, run_dir = setup(cfg)
     check_against_training(typed, run_dir / "crosscoder", "extract_rules.py")  # before any model loads
     save_resolved_config(cfg, typed, run_dir / "config" / "extract_rules.yaml")
+    require_crosscoder(run_dir)
+    from sal.rules import summarize_rules
 
-    from sal.pipeline.generate import prepare_corpus
+    steps = {"explanations": explanations_step(typed, run_dir), "layer_counts": layer_counts_step(typed, run_dir),
+             "rules": rules_step(typed, run_dir)}
+    if steps["rules"].is_fresh(typed.force):
+        rules = pd.read_parquet(steps["rules"].output)
+        print(f"[extract] rules up to date in {steps['rules'].output} (force=true recomputes them)")
+        print(summarize_rules(rules))
+        return {"n_rules": int(len(rules))}
+    stale = {name for name in ("explanations", "layer_counts") if not steps[name].is_fresh(typed.force)}
+    writer = launch_rank() == 0
+    if stale:
+        from sal.models import load_subject_model
+        from sal.pipeline.generate import prepare_corpus
 
-    prepare_corpus(typed)  # vLLM generates now, in its own process, before the subject model loads
-    from sal.models import load_subject_model
-    from sal.rules import summarize_rules, write_rules_outputs
-
-    model, tokenizer = load_subject_model(typed.model)
-    cc, layers = load_crosscoder(typed, run_dir, model.device)
-    explanations = interpret(typed, run_dir, model, tokenizer, cc, layers)
+        prepare_corpus(typed)  # vLLM generates now, in its own process, before the subject model loads
+        model, tokenizer = load_subject_model(typed.model)
+        cc, layers = load_crosscoder(typed, run_dir, model.device)
+    explanations = _made_or_read(steps["explanations"], "explanations" in stale, writer, pd.read_parquet,
+                                 lambda: interpret(typed, run_dir, model, tokenizer, cc, layers))
+    layer_counts = _made_or_read(steps["layer_counts"], "layer_counts" in stale, writer, sp.load_npz,
+                                 lambda: rule_set_layer_counts(typed, run_dir, model, tokenizer, cc, layers))
     allowed = allowed_features(explanations, typed.rules.min_explanation_level) if typed.rules.restrict_to_explained else None
-    layer_counts = rule_set_layer_counts(typed, run_dir, model, tokenizer, cc, layers)
+    if writer:
+        steps["rules"].forget()
     rules = count(typed, run_dir, layer_counts, allowed)
     if rules is None:  # a non-zero rank of a sharded count: rank 0 writes the outputs
         return None
+    from sal.rules import write_rules_outputs
+
     paths = write_rules_outputs(str(run_dir / "rules"), rules, layer_counts, config=typed.rules)
+    steps["rules"].record()
     n_active = np.diff(layer_counts.indptr)
     print(f"[extract] rule set: {layer_counts.shape[0]} samples, {n_active.mean():.1f} active features per sample "
           f"({typed.rules.aggregate}), {len(allowed) if allowed is not None else 'all'} allowed features")
     print(summarize_rules(rules))
     print(f"[extract] wrote {json.dumps(paths)}")
     return {"n_rules": int(len(rules))}
+
+
+def _made_or_read(step: Step, stale: bool, writer: bool, read, make):
+    """A step's output: read back when up to date, else made (its fingerprint recorded after
+    it, by the process that writes the outputs)."""
+    if not stale:
+        return read(step.output)
+    step.forget()
+    value = make()
+    if writer:
+        step.record()
+    return value
+
+
+def require_crosscoder(run_dir: Path) -> None:
+    if crosscoder_digest(run_dir) is None:
+        raise MissingInputError(f"No crosscoder in {run_dir / 'crosscoder'}: run `python train.py` with the same "
+                                f"model and run_name first (or set run_dir= to a finished training run).")

@@ -17,6 +17,8 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable, List, Tuple
 
+from sal.errors import ConfigError
+
 log = logging.getLogger("sal")
 
 CHECKED_SETTINGS: Tuple[str, ...] = (
@@ -86,7 +88,7 @@ def check_against_training(typed, export_dir: Path, stage: str) -> None:
         log.warning("%s: settings differ from the crosscoder's training run (%s); going on (%s)", stage, listed, OVERRIDE)
         return
     first = diffs[0]
-    raise ValueError(
+    raise ConfigError(
         f"{stage}: the crosscoder in {export_dir} was trained with other settings than this run's: {listed}. "
         f"Its features describe the training's activations and text, so this stage would rebuild a different "
         f"corpus and rule set for it. Rerun with the training's settings (e.g. {first[0]}={_override_value(first[1])}, "

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from sal.faults import kill_point
 
 BYTES_PER_KEY_ENTRY = 12  # int64 key + int32 count
 # Upper bound of entries decoded at once when walking a segment (bounds transient arrays).
@@ -115,6 +118,43 @@ def _run_keys(run: list[Segment], n_cols: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([s.keys(n_cols) for s in run]), np.concatenate([s.counts for s in run])
 
 
+SPILL_PREFIX = "sal_rules_spill_"
+"""Spill folders are named ``<prefix><pid>-<host>-<random>``: a killed process leaves its
+folder behind (a kill -9 runs no cleanup), and the next spill on that host removes it."""
+
+
+def remove_dead_spills(parent: str | None = None) -> int:
+    """Remove the spill folders in ``parent`` (the system temporary folder when None) left by
+    processes of this host that no longer run; returns how many. Folders of live processes
+    and of other hosts (a shared filesystem) are left alone."""
+    parent = parent if parent is not None else tempfile.gettempdir()
+    host = socket.gethostname()
+    removed = 0
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return 0
+    for name in names:
+        if not name.startswith(SPILL_PREFIX):
+            continue
+        pid, _, rest = name[len(SPILL_PREFIX):].partition("-")
+        if not pid.isdigit() or not rest.startswith(f"{host}-") or _alive(int(pid)):
+            continue
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass
 class KeyCountAccumulator:
     """Sums runs of segments; spills to ``spill_dir`` when RAM use passes ``memory_budget_bytes``."""
@@ -148,13 +188,16 @@ class KeyCountAccumulator:
         if self._tmpdir is None:
             if self.spill_dir is not None:
                 os.makedirs(self.spill_dir, exist_ok=True)
-            self._tmpdir = tempfile.mkdtemp(prefix="sal_rules_spill_", dir=self.spill_dir)
+            remove_dead_spills(self.spill_dir)
+            self._tmpdir = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-{socket.gethostname()}-",
+                                            dir=self.spill_dir)
         for run in self._runs:
             keys, counts = _run_keys(run, self.n_cols)
             base = os.path.join(self._tmpdir, f"run{len(self._spilled):05d}")
             np.save(base + ".keys.npy", keys)
             np.save(base + ".counts.npy", counts)
             self._spilled.append((base + ".keys.npy", base + ".counts.npy"))
+            kill_point("count.spill")
         self._runs = []
         self._in_memory_bytes = 0
 

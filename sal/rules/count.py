@@ -37,6 +37,7 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from sal.faults import kill_point
 from sal.rules import native
 from sal.rules._csr import as_layer_count_csr, row_ids
 from sal.rules.accumulate import KeyCountAccumulator, KeySegment, Segment, merge_runs
@@ -330,6 +331,7 @@ def count_premises(
             rows *= c
             rows += co.indices[upper]
             acc.add_run([KeySegment(rows, co.data[upper].astype(np.int32), c)])
+            kill_point("count.chunk", "premises")
     keys, counts = acc.result()
     return PremiseCounts(
         n_samples=n_samples,
@@ -389,6 +391,7 @@ def _conclusion_segments(
             del pid, e_rows
             acc2.add_run(list(product_segments(kt2, concl, work_per_block, "two-premise rules" if progress else None)))
             del kt2
+        kill_point("count.chunk", "conclusions")
     return acc1.result_segments(), acc2.result_segments(), frequent_pair
 
 

@@ -28,6 +28,7 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from sal.faults import kill_point
 from sal.rules.table import RULE_COLUMNS, empty_column
 
 __all__ = ["available", "unavailable_reason", "scratch_bytes", "count_rules_native"]
@@ -225,6 +226,7 @@ def count_rules_native(
                 _LIB.sal_rules_of_block(ctypes.byref(problem), ctypes.byref(scratch[slot].struct), blk[0], blk[1],
                                         int(write))
                 bar.update()
+                kill_point("native.block", "write" if write else "count")
 
         if n_threads == 1 or len(blocks) == 1:
             lane(0)

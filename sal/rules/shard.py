@@ -31,6 +31,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sal.atomic import atomic_path
+from sal.faults import kill_point
 from sal.rules._csr import as_layer_count_csr
 from sal.rules.count import (
     DEFAULT_CHUNK_SAMPLES,
@@ -159,6 +160,7 @@ def count_shard_premises(
         spill_dir=os.path.join(out_dir, SHARD_SUBDIR), progress=progress,
     )
     _save_atomic(path, meta, _premise_arrays(premises))
+    kill_point("shard.premises", f"rank{rank}")
     return path
 
 
@@ -224,6 +226,7 @@ def count_shard_rules(
     arrays = _premise_arrays(own_premises)
     arrays.update({k: getattr(rules, k) for k in ("one_p", "one_q", "one_n", "two_p1", "two_p2", "two_q", "two_n")})
     _save_atomic(path, meta, arrays)
+    kill_point("shard.rules", f"rank{rank}")
     return path
 
 

@@ -8,8 +8,9 @@ corpus finds the same cache, and any change makes a new one.
 
 Written once: the builder takes ``<root>/<key>.lock`` (O_EXCL), writes into a temporary
 directory and renames it into place; other processes (DDP ranks, other sweep jobs) wait for
-``index.json``. A builder that dies leaves a lock that stops being refreshed; after
-``stale_after_s`` a waiter takes over.
+``index.json``. A builder that dies leaves a lock that stops being refreshed: a process on
+the same host takes over at once when the lock's owner is gone (killed), any other after
+``stale_after_s``; the new builder removes the dead one's temporary directory.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -27,7 +29,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset
 
-from sal.training.data import ShuffleBuffer, _pad, _seed, rank_and_world, shard_index
+from sal.faults import kill_point
+from sal.training.data import (Chunk, ShuffleBuffer, _pad, _seed, rank_and_world, resumable_batches, shard_index,
+                               skipped_batches)
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +76,41 @@ def _key_dir(root: Path, key: dict) -> Path:
     return root / f"{name}-{digest}"
 
 
+def _lock_owner() -> str:
+    return f"{socket.gethostname()} {os.getpid()}"
+
+
+def _owner_is_dead(lock: Path) -> bool:
+    """The lock was taken by a process of this host that no longer exists (killed): its
+    builder will never finish, and waiting ``stale_after_s`` would only delay the rerun."""
+    try:
+        host, pid = lock.read_text().split()
+        pid = int(pid)
+    except (OSError, ValueError):
+        return False  # being written, or another format: fall back on the age
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def _try_lock(lock: Path, stale_after_s: float) -> bool:
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        os.write(fd, str(os.getpid()).encode())
+        os.write(fd, _lock_owner().encode())
         os.close(fd)
         return True
     except FileExistsError:
         try:
-            if time.time() - lock.stat().st_mtime > stale_after_s:
+            if _owner_is_dead(lock):
+                log.warning("Activation-cache lock %s belongs to a process that is gone; taking over.", lock)
+                lock.unlink(missing_ok=True)
+            elif time.time() - lock.stat().st_mtime > stale_after_s:
                 log.warning("Activation-cache lock %s is stale; taking over.", lock)
                 lock.unlink(missing_ok=True)
         except FileNotFoundError:
@@ -123,8 +153,10 @@ def _build(target: Path, lock: Path, key: dict, model, tokenizer, texts, layers,
     mask_fn = mask_fn or activations.valid_token_mask
     special = activations.special_token_ids(tokenizer)
     dtype = _DTYPES[optim.cache_dtype]
+    # We hold the lock: any other temporary of this key is a killed builder's leftover.
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     device = next(model.parameters()).device
     shards, pending, n_pending, d_model = [], {"acts": [], "doc": [], "pos": []}, 0, None
@@ -137,6 +169,7 @@ def _build(target: Path, lock: Path, key: dict, model, tokenizer, texts, layers,
             name = f"shard_{len(shards):05d}.safetensors"
             save_file({k: v[:n].contiguous() for k, v in cat.items()}, str(tmp / name))
             shards.append({"file": name, "n_tokens": n})
+            kill_point("cache.shard", name)
             pending = {k: ([v[n:]] if v.shape[0] > n else []) for k, v in cat.items()}
             n_pending = cat["acts"].shape[0] - n
             os.utime(lock, None)  # heartbeat: the lock is not stale while shards appear
@@ -168,6 +201,10 @@ def _build(target: Path, lock: Path, key: dict, model, tokenizer, texts, layers,
     index = {"shards": shards, "n_tokens": sum(s["n_tokens"] for s in shards), "layers": list(layers),
              "d_model": d_model, "dtype": optim.cache_dtype, "key": key, "token_positions": True}
     (tmp / "index.json").write_text(json.dumps(index, indent=2))
+    for f in tmp.iterdir():  # on disk before the rename makes the cache visible
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    kill_point("cache.before_rename", target.name)
     os.replace(tmp, target)
     log.info("Activation cache written: %s (%d tokens)", target, index["n_tokens"])
 
@@ -201,7 +238,8 @@ class CachedActivationStream(IterableDataset):
 
     Each epoch visits the shards in a seeded order; a shard's tokens are permuted and dealt
     round-robin to ``world_size * num_workers`` shards of the stream, then mixed across
-    cache shards by a :class:`ShuffleBuffer`. ``start_tokens`` (resume) skips tokens exactly.
+    cache shards by a :class:`ShuffleBuffer`. ``start_tokens`` (resume) leaves out exactly the
+    batches an uninterrupted stream yielded first (``resumable_batches``).
     """
 
     def __init__(self, cache_dir: str | os.PathLike, batch_tokens: int, shuffle_buffer_tokens: int, seed: int = 0,
@@ -214,14 +252,19 @@ class CachedActivationStream(IterableDataset):
         self.seed, self.start_tokens, self.device, self.epochs = seed, int(start_tokens), torch.device(device), epochs
 
     def __iter__(self) -> Iterator[Tensor]:
+        shard, n_shards = shard_index()
+        # Seeded without start_tokens: a resumed stream replays the same draws (resumable_batches).
+        buffer = ShuffleBuffer(self.buffer_tokens, self.batch_tokens,
+                               torch.Generator().manual_seed(_seed(self.seed, "cache-buffer", shard, 0)),
+                               device=self.device)
+        yield from resumable_batches(buffer, self._chunks(shard, n_shards),
+                                     skipped_batches(self.start_tokens, self.batch_tokens))
+
+    def _chunks(self, shard: int, n_shards: int) -> Iterator[Chunk]:
+        """One chunk per cache shard and epoch: this stream shard's rows of it, permuted."""
         from safetensors.torch import load_file
 
-        shard, n_shards = shard_index()
-        buffer = ShuffleBuffer(self.buffer_tokens, self.batch_tokens,
-                               torch.Generator().manual_seed(_seed(self.seed, "cache-buffer", shard, self.start_tokens)),
-                               device=self.device)
         files = self.index["shards"]
-        skip = self.start_tokens
         epoch = 0
         while self.epochs is None or epoch < self.epochs:
             g = torch.Generator().manual_seed(_seed(self.seed, "cache-order", epoch))
@@ -229,11 +272,6 @@ class CachedActivationStream(IterableDataset):
                 n = files[fi]["n_tokens"]
                 gi = torch.Generator().manual_seed(_seed(self.seed, "cache-rows", epoch, fi))
                 rows = torch.randperm(n, generator=gi)[shard::n_shards]
-                if skip >= rows.numel():
-                    skip -= rows.numel()
-                    continue
-                rows, skip = rows[skip:], 0
-                acts = load_file(str(self.dir / files[fi]["file"]))["acts"]
-                yield from buffer.push(acts[rows])
+                path = str(self.dir / files[fi]["file"])
+                yield rows.numel(), lambda path=path, rows=rows: load_file(path)["acts"][rows]
             epoch += 1
-        yield from buffer.flush()

@@ -9,8 +9,11 @@ touches the disk: 8-layer activations of a 7B model over the paper's corpus are 
 Sharding: documents are permuted once per epoch (same seed on every process) and dealt
 round-robin to ``world_size * num_workers`` shards, so DDP ranks and dataloader workers see
 disjoint documents. The stream is infinite (epochs repeat with fresh permutations); the
-Trainer's ``max_steps`` ends training. On resume, the stream skips the documents whose
-tokens earlier steps consumed (counted by tokenizing only, no forward pass).
+Trainer's ``max_steps`` ends training. On resume, the stream leaves out exactly the batches
+that earlier steps consumed and goes on with the ones an uninterrupted run would have had
+next (:func:`resumable_batches`: the skipped part is replayed on row numbers, by tokenizing
+only; the subject model runs again only for the documents whose tokens were still in the
+shuffle buffer at the checkpoint).
 
 Optional activation cache (:mod:`sal.training.cache`): with ``activation_cache=<dir>``
 the activations are written once as safetensors shards keyed by (model, layers, corpus)
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import lightning as L
 import torch
@@ -75,25 +78,31 @@ class ShuffleBuffer:
         self.storage_NLD: Tensor | None = None
         self.n = 0
 
-    def push(self, acts_NLD: Tensor) -> Iterator[Tensor]:
-        if self.storage_NLD is None:
-            self.storage_NLD = acts_NLD.new_empty((self.capacity, *acts_NLD.shape[1:]), device=self.device)
-        pos = 0
+    def push(self, acts_NLD: Tensor, start: int = 0) -> Iterator[Tensor]:
+        """Append ``acts_NLD[start:]``, yielding batches whenever the buffer fills."""
+        pos = start
         while pos < acts_NLD.shape[0]:
-            take = min(self.capacity - self.n, acts_NLD.shape[0] - pos)
-            self.storage_NLD[self.n:self.n + take] = acts_NLD[pos:pos + take]
-            self.n += take
-            pos += take
+            pos = self._fill(acts_NLD, pos)
             if self.n == self.capacity:
-                yield from self._drain(self.keep)
+                yield from self._batches(self._drain(self.keep))
 
     def flush(self) -> Iterator[Tensor]:
         """Emit what is left in full batches (the remainder under one batch is dropped)."""
         if self.n >= self.batch_tokens:
-            yield from self._drain(self.n % self.batch_tokens)
+            yield from self._batches(self._drain(self.n % self.batch_tokens))
         self.n = 0
 
-    def _drain(self, keep: int) -> Iterator[Tensor]:
+    def _fill(self, acts_NLD: Tensor, pos: int) -> int:
+        """Copy rows from ``pos`` until the buffer is full or the rows end; the next ``pos``."""
+        if self.storage_NLD is None:
+            self.storage_NLD = acts_NLD.new_empty((self.capacity, *acts_NLD.shape[1:]), device=self.device)
+        take = min(self.capacity - self.n, acts_NLD.shape[0] - pos)
+        self.storage_NLD[self.n:self.n + take] = acts_NLD[pos:pos + take]
+        self.n += take
+        return pos + take
+
+    def _drain(self, keep: int) -> Tensor:
+        """The rows that leave (a whole number of batches, drawn at random); the rest stay."""
         assert self.storage_NLD is not None
         perm = torch.randperm(self.n, generator=self.gen).to(self.storage_NLD.device)
         n_out = ((self.n - keep) // self.batch_tokens) * self.batch_tokens
@@ -101,8 +110,104 @@ class ShuffleBuffer:
         kept = perm[n_out:]
         self.storage_NLD[: kept.numel()] = self.storage_NLD[kept]
         self.n = kept.numel()
-        for i in range(0, n_out, self.batch_tokens):
+        return out_NLD
+
+    def _batches(self, out_NLD: Tensor) -> Iterator[Tensor]:
+        for i in range(0, out_NLD.shape[0], self.batch_tokens):
             yield out_NLD[i:i + self.batch_tokens]
+
+
+Chunk = tuple[int, Callable[[], Tensor]]
+"""What a stream pushes into its shuffle buffer, in order: (rows, a function computing them
+``[rows, L, D]``), so that the rows can be counted without computing them."""
+
+
+def resumable_batches(buffer: ShuffleBuffer, chunks: Iterable[Chunk], skip_batches: int = 0) -> Iterator[Tensor]:
+    """The batches ``buffer`` makes of ``chunks``, without the first ``skip_batches``: exactly
+    the batches an uninterrupted stream yields after them (a resumed run trains on the same
+    data, in the same order, as one that was never stopped).
+
+    The skipped part is replayed on row numbers instead of activations (the buffer's random
+    draws depend only on how many rows it holds), which leaves the buffer's generator where
+    the uninterrupted stream's was; then only the chunks with rows still in the buffer are
+    computed, to refill it. That is at most a buffer's worth of rows, however long the run."""
+    chunks = iter(chunks)
+    if skip_batches > 0:
+        yield from _resume(buffer, chunks, skip_batches)
+    for n, compute in chunks:
+        if n:
+            yield from buffer.push(compute())
+    yield from buffer.flush()
+
+
+def _resume(buffer: ShuffleBuffer, chunks: Iterator[Chunk], skip_batches: int) -> Iterator[Tensor]:
+    """Replay the first ``skip_batches`` batches on row numbers; yield the rest of the batch
+    draw in progress and of the chunk being pushed at that point (as activations), leaving
+    ``buffer`` holding the uninterrupted stream's rows. ``chunks`` is advanced past that chunk."""
+    ids = ShuffleBuffer(buffer.capacity, buffer.batch_tokens, buffer.gen)  # shares the generator
+    held: list[tuple[int, int, Callable[[], Tensor]]] = []  # (first row number, rows, compute)
+    emitted, offset = 0, 0
+    pending = torch.zeros(0, dtype=torch.long)
+    current: tuple[int, int] | None = None  # (index in held, rows of it already pushed)
+
+    def still_held() -> None:  # forget chunks none of whose rows is in the buffer any more
+        if ids.n and held:
+            first = int(ids.storage_NLD[:ids.n].min())
+            while held and held[0][0] + held[0][1] <= first:
+                held.pop(0)
+
+    for n, compute in chunks:
+        held.append((offset, n, compute))
+        rows = torch.arange(offset, offset + n)
+        offset += n
+        pos = 0
+        while pos < n and current is None:
+            pos = ids._fill(rows, pos)
+            if ids.n == ids.capacity:
+                out = ids._drain(ids.keep)
+                k = out.shape[0] // ids.batch_tokens
+                if emitted + k >= skip_batches:
+                    pending, current = out[(skip_batches - emitted) * ids.batch_tokens:], (len(held) - 1, pos)
+                else:
+                    emitted += k
+                    still_held()
+        if current is not None:
+            break
+    else:  # the stream ended within the skipped batches (a finite number of epochs)
+        if ids.n < ids.batch_tokens:
+            return
+        out = ids._drain(ids.n % ids.batch_tokens)
+        k = out.shape[0] // ids.batch_tokens
+        if emitted + k <= skip_batches:
+            return
+        pending = out[(skip_batches - emitted) * ids.batch_tokens:]
+        ids.n = 0
+
+    # Compute the chunks that rows still to come from the buffer belong to.
+    wanted = torch.cat([ids.storage_NLD[:ids.n] if ids.n else pending[:0], pending])
+    starts = torch.tensor([h[0] for h in held])
+    chunk_of = torch.searchsorted(starts, wanted, right=True) - 1
+    needed = set(chunk_of.unique().tolist()) | ({current[0]} if current is not None else set())
+    computed = {c: held[c][2]() for c in sorted(needed)}
+    some = next(iter(computed.values()))
+    acts = some.new_empty((wanted.numel(), *some.shape[1:]))
+    for c, a in computed.items():
+        sel = chunk_of == c
+        acts[sel.to(acts.device)] = a[(wanted[sel] - held[c][0]).to(a.device)]
+    buffer.storage_NLD = some.new_empty((buffer.capacity, *some.shape[1:]), device=buffer.device)
+    buffer.storage_NLD[:ids.n] = acts[:ids.n]
+    buffer.n = ids.n
+    yield from buffer._batches(acts[ids.n:])
+    if current is not None:
+        yield from buffer.push(computed[current[0]], current[1])
+
+
+def skipped_batches(start_tokens: int, batch_tokens: int) -> int:
+    """Batches a resumed stream leaves out: ``start_tokens`` (tokens its rank consumed before
+    the checkpoint) in whole batches."""
+    if start_tokens % batch_tokens:
+        raise ValueError(f"start_tokens={start_tokens} is not a whole number of {batch_tokens}-token batches")
+    return start_tokens // batch_tokens
 
 
 def _pad(rows: list[list[int]]) -> tuple[Tensor, Tensor]:
@@ -173,9 +278,15 @@ class ActivationStream(IterableDataset):
         if len(self.texts) < n_shards:
             raise ValueError(f"{len(self.texts)} documents cannot feed {n_shards} ranks x workers: "
                              f"add documents or use fewer devices/workers.")
+        # Seeded without start_tokens: a resumed stream replays the same draws (resumable_batches).
         buffer = ShuffleBuffer(self.buffer_tokens, self.batch_tokens,
-                               torch.Generator().manual_seed(_seed(self.seed, "buffer", shard, self.start_tokens)))
-        skip = self.start_tokens
+                               torch.Generator().manual_seed(_seed(self.seed, "buffer", shard, 0)))
+        yield from resumable_batches(buffer, self._chunks(shard, n_shards),
+                                     skipped_batches(self.start_tokens, self.batch_tokens))
+
+    def _chunks(self, shard: int, n_shards: int) -> Iterator[Chunk]:
+        """One chunk per subject-model forward: its valid tokens' count (tokenizing only) and
+        the forward that computes their activations."""
         epoch = 0
         window = self.docs_per_forward * self.sort_window
         while self.epochs is None or epoch < self.epochs:
@@ -190,17 +301,15 @@ class ActivationStream(IterableDataset):
                     n_valid = int(valid[rows].sum())
                     if n_valid == 0:
                         continue
-                    if skip > 0:
-                        # Resuming: these documents' tokens were consumed before the kill.
-                        skip = max(0, skip - n_valid)
-                        continue
                     width = int(attn[rows].sum(dim=1).max())
-                    b_ids, b_attn, b_valid = ids[rows, :width], attn[rows, :width], valid[rows, :width]
-                    dev = self.device
-                    acts_BTLD = self.capture_fn(self.model, b_ids.to(dev), b_attn.to(dev), self.layers)
-                    yield from buffer.push(acts_BTLD[b_valid.to(dev)])
+                    batch = ids[rows, :width], attn[rows, :width], valid[rows, :width]
+                    yield n_valid, lambda batch=batch: self._forward(*batch)
             epoch += 1
-        yield from buffer.flush()
+
+    def _forward(self, b_ids: Tensor, b_attn: Tensor, b_valid: Tensor) -> Tensor:
+        dev = self.device
+        acts_BTLD = self.capture_fn(self.model, b_ids.to(dev), b_attn.to(dev), self.layers)
+        return acts_BTLD[b_valid.to(dev)]
 
 
 class ActivationDataModule(L.LightningDataModule):

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from sal.config.crosscoder import CrosscoderConfig, OptimConfig
 from sal.crosscoder import Crosscoder, ScaleAccumulator, build_crosscoder
+from sal.faults import kill_point
 from sal.training.schedules import lr_at, sparsity_coef_at
 from sal.training.sparsity_control import SparsityController
 
@@ -202,6 +203,10 @@ class CrosscoderModule(L.LightningModule):
                 self.first_metrics = floats
             self.recent_metrics.append(floats)
         return out.total
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self._micro % self.accumulate == 0:  # an optimiser step ended (and its checkpoint, if due, is saved)
+            kill_point("train.step", self.global_step)
 
     @torch.no_grad()
     def _control_sparsity(self, l0_sum: Tensor, n_tokens: int, step_end: bool) -> None:

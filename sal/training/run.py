@@ -9,8 +9,11 @@ Layout written under ``run_dir``::
 
 Resumption: a run killed at any point and started again with the same arguments continues
 from ``checkpoints/last.ckpt`` (weights, optimiser, LR schedule, step counter, dead-latent
-counters) and stops at ``optim.max_steps``. A run whose export is complete for the same
-training config is a no-op.
+counters, sparsity controller) and stops at ``optim.max_steps``; the activation stream goes on
+with exactly the batches an uninterrupted run would have had (sal.training.data), so the
+exported weights equal those of a run that was never stopped. The checkpoint is written
+atomically (AtomicCheckpointIO). A run whose export is complete for the same training config
+is a no-op.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from typing import Any, Callable, NamedTuple, Sequence
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from sal.config.crosscoder import CrosscoderConfig, OptimConfig
 from sal.config.trainer import TrainerConfig
 from sal.training.data import ActivationDataModule
 from sal.training.module import CrosscoderModule, as_config
 from sal.training.plan import TrainPlan, make_plan, refusal
+from sal.training.summary import format_summary, regime_verdict
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +85,20 @@ def run_name(model_name: str, layers: Sequence[int], cc: CrosscoderConfig) -> st
     return f"{model_name or 'model'}-L{'.'.join(str(i) for i in layers)}-{sparsity}-C{cc.n_features}"
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer through sal.atomic: ``last.ckpt`` is replaced whole or not
+    at all, on disk before the rename. (Lightning's own writer goes through the system's
+    temporary folder: on another filesystem its final move is a copy that a kill can cut.)"""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options: Any = None) -> None:
+        if storage_options is not None or "://" in str(path):  # remote storage: Lightning's own
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        from sal.atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
 def _checkpoint_step(path: Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("global_step", 0))
 
@@ -116,46 +135,6 @@ def _export_is_complete(export_dir: Path, training: dict) -> dict | None:
     if cfg.get("complete") and cfg.get("training") == training:
         return cfg
     return None
-
-
-PAPER_NMSE = (0.65, 0.80)
-"""The paper's reconstruction regime (Appendix C.1)."""
-PAPER_FEATURES = (20, 30)
-"""The paper's distinct active features per token ("about 20-30")."""
-
-
-def format_summary(summary: dict) -> str:
-    if not summary:
-        return "no training steps were run"
-    parts = [f"step {int(summary.get('last_step', -1)) + 1}",
-             f"nmse {summary['nmse']:.4f}", f"fvu {summary['fvu']:.4f}",
-             f"L0 {summary['l0']:.1f} (feature, layer) pairs"]
-    if "l0_features" in summary:
-        parts.append(f"{summary['l0_features']:.1f} distinct features per token")
-    parts.append(f"dead {100 * summary['dead_frac']:.2f}%")
-    if "first_fvu" in summary:
-        parts.append(f"(fvu at step {int(summary['first_step'])}: {summary['first_fvu']:.4f})")
-    return ", ".join(parts)
-
-
-def regime_verdict(summary: dict) -> str:
-    """Whether the dictionary is in the paper's regime (nmse 0.65-0.80, about 20-30 distinct
-    active features per token; "about" read as 25% either side), and the knob to turn."""
-    if not summary or "l0_features" not in summary:
-        return "no verdict: no training metrics"
-    nmse, feats = summary["nmse"], summary["l0_features"]
-    lo, hi = PAPER_FEATURES[0] * 0.75, PAPER_FEATURES[1] * 1.25
-    where = f"nmse {nmse:.2f}, {feats:.1f} distinct features per token; paper: nmse 0.65-0.80, 20-30 features"
-    if lo <= feats <= hi:
-        if PAPER_NMSE[0] <= nmse <= PAPER_NMSE[1]:
-            return f"in the paper's regime ({where})"
-        return (f"at the paper's sparsity but not its reconstruction ({where}): at a given L0, nmse depends on the "
-                f"model, the dictionary size and the training length, not on a sparsity knob")
-    if feats > hi:
-        return (f"denser than the paper's regime ({where}): set crosscoder.target_l0=25, or raise the sparsity "
-                f"coefficient (sparsity=...; under crosscoder.mse_reduction=sum the paper's values are far too weak)")
-    return (f"sparser than the paper's regime ({where}): set crosscoder.target_l0=25, or lower the sparsity "
-            f"coefficient (sparsity=...)")
 
 
 def train_crosscoder(
@@ -239,7 +218,7 @@ def train_crosscoder(
         logger=_make_loggers(run_dir, logger, run_name(model_name, layers, cc), config),
         default_root_dir=str(run_dir), enable_progress_bar=tcfg.enable_progress_bar, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, deterministic=tcfg.deterministic,
-        use_distributed_sampler=False,
+        use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
     )
     last = ckpt_dir / LAST
     resumed_from = _checkpoint_step(last) if last.exists() else None

@@ -66,3 +66,44 @@ def test_concurrent_processes(tmp_path):
 def test_rejects_non_keys(tmp_path):
     with pytest.raises(ValueError, match="sha256"):
         JudgeCache(tmp_path).path("../../etc/passwd")
+
+
+def test_a_kill_between_write_and_rename_loses_no_paid_answer(tmp_path):
+    """What a kill leaves: a complete record in a temporary file (moved into place when the
+    cache opens), a torn one (removed once no live writer can own it), and a temporary of a
+    record that already exists (removed)."""
+    cache = JudgeCache(tmp_path)
+    done, torn, dup = (cache_key("b", "m", {}, p) for p in ("done", "torn", "dup"))
+    cache.put(dup, {"text": "dup"})
+    record = lambda key, text: json.dumps({"text": text, "key": key})  # noqa: E731
+    for key, name, content in [(done, f".{done}.x1.tmp.json", record(done, "paid for")),
+                               (torn, f".{torn}.x2.tmp.json", record(torn, "cut")[:15]),
+                               (dup, f".{dup[:16]}.x3.tmp", record(dup, "dup"))]:  # older name pattern
+        cache.path(key).parent.mkdir(exist_ok=True)
+        (cache.path(key).parent / name).write_text(content)
+
+    reopened = JudgeCache(tmp_path)  # a young torn file may belong to a live writer: kept
+    assert reopened.get(done)["text"] == "paid for" and sorted(reopened.keys()) == sorted([done, dup])
+    assert [p.name for p in reopened._temporaries()] == [f".{torn}.x2.tmp.json"]
+    assert reopened.recover(stale_after_s=0) == (0, 1)
+    assert not reopened._temporaries() and len(reopened) == 2
+
+
+def test_put_survives_another_process_recovering_its_temporary(tmp_path, monkeypatch):
+    """A second process opening the cache may move our finished temporary into place before
+    we rename it: the record is stored all the same."""
+    cache = JudgeCache(tmp_path)
+    key = cache_key("b", "m", {}, "race")
+    real_replace = os.replace
+    raced = []
+
+    def racing_replace(src, dst):
+        if not raced:  # the other process's recover() runs first, once
+            raced.append(True)
+            JudgeCache(tmp_path)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", racing_replace)  # os is one module: sal.atomic's too
+    cache.put(key, {"text": "kept"})
+    monkeypatch.undo()
+    assert raced and JudgeCache(tmp_path).get(key)["text"] == "kept"

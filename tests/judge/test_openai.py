@@ -6,7 +6,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -16,22 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from sal.config.judge import JudgeConfig
-from sal.judge import CATEGORIES, FAILED, OK, UNPARSEABLE, JudgeCache, make_judge, rule_item
-from sal.judge.fake_server import FakeChatServer
-from sal.judge.openai_http import parse_retry_after
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # tests.judge.fault_server, also when pytest runs from elsewhere
+
+from sal.config.judge import JudgeConfig  # noqa: E402
+from sal.errors import CredentialError, UnreachableError  # noqa: E402
+from sal.judge import CATEGORIES, FAILED, OK, UNPARSEABLE, JudgeCache, make_judge, rule_item  # noqa: E402
+from sal.judge.openai_http import parse_retry_after  # noqa: E402
+from tests.judge.fault_run import expected_category, item_index  # noqa: E402
+from tests.judge.fault_server import FaultServer  # noqa: E402
 
 KEY_ENV = "SAL_TEST_JUDGE_KEY"
 KEY = "sk-test-DISTINCTIVE-7f3a9c2e41"
 RETRY_AFTER = 0.3
-
-
-def item_index(prompt: str) -> int:
-    return int(re.search(r"premise-(\d+)\b", prompt).group(1))
-
-
-def expected_category(i: int) -> str:
-    return CATEGORIES[i % 3]
 
 
 def answer(prompt: str) -> str:
@@ -62,9 +58,10 @@ def items(n: int):
     return [rule_item(i, -1, i + 1000, [f"premise-{i} text"], f"conclusion of {i}") for i in range(n)]
 
 
-def config(server: FakeChatServer, cache_dir: Path, **kw) -> JudgeConfig:
+def config(server: FaultServer, cache_dir: Path, **kw) -> JudgeConfig:
     base = dict(backend="openai", base_url=server.base_url, model="fake-r1", api_key_env=KEY_ENV, concurrency=4,
-                timeout_s=0.2, max_retries=3, backoff_base_s=0.01, backoff_max_s=0.05, max_parse_retries=2,
+                read_timeout_s=0.2, timeout_s=5.0, max_retries=3, backoff_base_s=0.01, backoff_max_s=0.05,
+                max_parse_retries=2,
                 cache_dir=str(cache_dir), price_per_1k_prompt=0.5, price_per_1k_completion=2.0)
     base.update(kw)
     return JudgeConfig(**base)
@@ -79,7 +76,7 @@ def api_key(monkeypatch):
 def test_faults_retries_cache_and_secrets(tmp_path, api_key, caplog):
     caplog.set_level(logging.DEBUG)
     n = 50
-    with FakeChatServer(latency_s=0.01, faults=faults, answer=answer, stall_s=0.6,
+    with FaultServer(latency_s=0.01, faults=faults, answer=answer, stall_s=0.6,
                         retry_after=str(RETRY_AFTER), lifetime_s=60) as server:
         cfg = config(server, tmp_path / "cache")
         judge = make_judge(cfg)
@@ -148,24 +145,47 @@ def test_faults_retries_cache_and_secrets(tmp_path, api_key, caplog):
     assert KEY not in json.dumps(dataclasses.asdict(cfg)) and KEY not in repr(cfg)
 
 
-def test_non_retryable_status_fails_at_once(tmp_path, api_key):
-    with FakeChatServer(lifetime_s=30) as server:
-        server.faults = lambda prompt, attempt: None
+def test_a_wrong_url_stops_the_batch_at_once(tmp_path, api_key):
+    """A 404 is the URL's or the model's fault, the same for every item: one error naming
+    the URL, after one request, instead of every item failing in turn."""
+    with FaultServer(lifetime_s=30) as server:
         cfg = config(server, tmp_path / "cache", base_url=server.base_url.replace("/v1", "/nope"))
-        result = make_judge(cfg).judge(items(1), progress=False)[0]
-        assert result.status == FAILED and "HTTP 404" in result.error
+        with pytest.raises(UnreachableError, match=r"HTTP 404 .*/nope/chat/completions.*judge\.base_url"):
+            make_judge(cfg).judge(items(20), progress=False)
+        assert server.n_requests <= cfg.concurrency
+
+
+def test_other_client_errors_fail_the_item_alone(tmp_path, api_key):
+    """A 400 (this prompt is too long, say) fails that item, with the server's words, and no retry."""
+    import httpx
+
+    from sal.judge.openai_http import OpenAIJudge
+
+    def reply(request):
+        if b"premise-1 " in request.content:
+            return httpx.Response(400, json={"error": {"message": "context too long"}})
+        return httpx.Response(200, json={"choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": '<judgement>{"Category": "No"}</judgement>'}}]})
+
+    cfg = JudgeConfig(backend="openai", base_url="http://127.0.0.1:9/v1", model="m", api_key_env=KEY_ENV,
+                      cache_dir=str(tmp_path / "cache"))
+    judge = OpenAIJudge(cfg, transport=httpx.MockTransport(reply))
+    results = judge.judge(items(3), progress=False)
+    assert [r.status for r in results] == [OK, FAILED, OK]
+    assert "HTTP 400" in results[1].error and "context too long" in results[1].error
+    assert judge.report.n_requests == 3
 
 
 def test_missing_key_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv(KEY_ENV, raising=False)
-    with FakeChatServer(lifetime_s=30) as server:
-        with pytest.raises(RuntimeError, match=KEY_ENV):
+    with FaultServer(lifetime_s=30) as server:
+        with pytest.raises(CredentialError, match=KEY_ENV):
             make_judge(config(server, tmp_path)).judge(items(1), progress=False)
         assert server.n_requests == 0
 
 
 def test_duplicate_keys_rejected(tmp_path, api_key):
-    with FakeChatServer(lifetime_s=30) as server:
+    with FaultServer(lifetime_s=30) as server:
         with pytest.raises(ValueError, match="duplicate"):
             make_judge(config(server, tmp_path)).judge(items(2) + items(1), progress=False)
 
@@ -193,7 +213,7 @@ CHILD = textwrap.dedent("""
 def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):
     n = 40
     cache_dir = tmp_path / "cache"
-    with FakeChatServer(latency_s=0.05, answer=answer, lifetime_s=60) as server:
+    with FaultServer(latency_s=0.05, answer=answer, lifetime_s=60) as server:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         child = subprocess.Popen([sys.executable, "-c", CHILD, server.base_url, str(cache_dir)], env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 from _train_tiny import tiny_llama, tiny_texts
@@ -78,15 +80,52 @@ def test_ranks_see_disjoint_documents(subject, monkeypatch):
     assert set(doc_of_row[_match(rows, ref)].tolist()) <= set(orders[1])
 
 
-def test_resume_skips_the_documents_already_consumed(subject):
-    model, tok, texts, ref, doc_of_row = subject
-    stream = _stream(model, tok, texts, docs_per_forward=1, sort_window=1)
-    order = stream.document_order(0, 0, 1)
-    counts = torch.bincount(doc_of_row, minlength=len(texts))
-    consumed = int(counts[order[:10]].sum())
-    rows = torch.cat(list(_stream(model, tok, texts, docs_per_forward=1, sort_window=1, start_tokens=consumed)))
-    seen = set(doc_of_row[_match(rows, ref)].tolist())
-    assert seen.isdisjoint(order[:10]) and seen <= set(order[10:])
+def _batches(stream, n):
+    return list(itertools.islice(iter(stream), n))
+
+
+@pytest.mark.parametrize("docs_per_forward, sort_window", [(4, 8), (1, 1)])
+def test_a_resumed_stream_yields_exactly_what_the_uninterrupted_one_yields_next(subject, docs_per_forward,
+                                                                                 sort_window):
+    """Resume after k batches (a checkpoint): the same batches, bit for bit, in the same order
+    as an uninterrupted stream after its k-th, across epochs, whatever the shuffle buffer held
+    (a kill -9 mid-training then reproduces the uninterrupted run's weights)."""
+    model, tok, texts, _, _ = subject
+    kw = dict(docs_per_forward=docs_per_forward, sort_window=sort_window, epochs=None)
+    full = _batches(_stream(model, tok, texts, **kw), 40)  # several epochs of 24 short documents
+    for k in (1, 3, 7, 17, 33):
+        resumed = _batches(_stream(model, tok, texts, start_tokens=64 * k, **kw), 40 - k)
+        assert len(resumed) == 40 - k and all(torch.equal(a, b) for a, b in zip(full[k:], resumed)), k
+
+    def forwards(k, n):
+        calls = []
+        counted = lambda m, *a: calls.append(1) or residual_stream(m, *a)  # noqa: E731
+        _batches(_stream(model, tok, texts, start_tokens=64 * k, capture_fn=counted, **kw), n)
+        return len(calls)
+
+    # The subject model runs again only for the documents still in the buffer, not the whole prefix.
+    assert forwards(33, 1) < forwards(0, 34) / 2
+    with pytest.raises(ValueError, match="whole number"):
+        next(iter(_stream(model, tok, texts, start_tokens=65)))
+
+
+def test_a_resumed_finite_stream_ends_where_the_uninterrupted_one_ends(subject):
+    model, tok, texts, _, _ = subject
+    full = list(_stream(model, tok, texts, epochs=2))
+    for k in (2, len(full) - 1, len(full), len(full) + 3):
+        resumed = list(_stream(model, tok, texts, epochs=2, start_tokens=64 * k))
+        assert len(resumed) == max(0, len(full) - k) and all(torch.equal(a, b) for a, b in zip(full[k:], resumed))
+
+
+def test_a_resumed_cache_stream_yields_exactly_what_the_uninterrupted_one_yields_next(subject, tmp_path):
+    model, tok, texts, _, _ = subject
+    optim = OptimConfig(max_tokens_per_instance=48, docs_per_forward=4, cache_dtype="float32", cache_shard_tokens=300,
+                        batch_instances=1, tokens_per_instance=64, shuffle_buffer_tokens=256)
+    d = cache_mod.ensure_activation_cache(tmp_path, model, tok, texts, LAYERS, optim, model_name="tiny")
+    full = _batches(cache_mod.CachedActivationStream(d, 32, 128), 60)
+    for k in (1, 5, 23, 41):
+        resumed = _batches(cache_mod.CachedActivationStream(d, 32, 128, start_tokens=32 * k), 60 - k)
+        assert all(torch.equal(a, b) for a, b in zip(full[k:], resumed)), k
 
 
 def test_activation_cache_is_written_once_and_read_back(subject, tmp_path, monkeypatch):

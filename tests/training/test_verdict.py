@@ -2,7 +2,7 @@
 
 import pytest
 
-from sal.training.run import format_summary, regime_verdict
+from sal.training.summary import format_summary, regime_verdict
 
 
 @pytest.mark.parametrize("nmse, feats, starts, knob", [
