@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from sal.atomic import atomic_path
+from sal.atomic import atomic_path, writer_is_dead
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +140,9 @@ class JudgeCache:
 
         A temporary file holding a complete record (the write finished, the rename was lost)
         is moved into place, so its answer is not paid for again; one whose record already
-        exists is removed. A torn one is removed once older than `stale_after_s` (younger,
-        it may still be written by a live process sharing the cache)."""
+        exists is removed. A torn one is removed when its writer (named in the temporary's
+        name) is a dead process on this host, or once older than `stale_after_s` (younger,
+        it may still be written by a live process on another host sharing the cache)."""
         promoted = removed = 0
         now = time.time()
         for tmp in self._temporaries():
@@ -150,7 +151,7 @@ class JudgeCache:
                 if key is not None and not self.path(key).exists():
                     os.replace(tmp, self.path(key))
                     promoted += 1
-                elif key is not None or now - tmp.stat().st_mtime > stale_after_s:
+                elif key is not None or writer_is_dead(tmp) or now - tmp.stat().st_mtime > stale_after_s:
                     tmp.unlink()
                     removed += 1
             except FileNotFoundError:  # its writer (or another recover) got there first

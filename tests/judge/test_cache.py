@@ -89,6 +89,28 @@ def test_a_kill_between_write_and_rename_loses_no_paid_answer(tmp_path):
     assert not reopened._temporaries() and len(reopened) == 2
 
 
+def _torn_write(root: str, key: str) -> None:
+    """A writer killed half-way through a record: its temporary is named after this process."""
+    from sal.atomic import atomic_path
+
+    cache = JudgeCache(root)
+    cache.path(key).parent.mkdir(parents=True, exist_ok=True)
+    cm = atomic_path(cache.path(key), fsync=False)
+    cm.__enter__().write_text('{"text": "cut sh')
+    os._exit(0)  # no rename, no clean-up: what SIGKILL leaves
+
+
+def test_a_torn_temporary_of_a_dead_writer_is_removed_at_once(tmp_path):
+    key = cache_key("b", "m", {}, "torn by a kill")
+    writer = mp.get_context("fork").Process(target=_torn_write, args=(str(tmp_path), key))
+    writer.start()
+    writer.join(30)
+    (left,) = JudgeCache(tmp_path, recover=False)._temporaries()
+    assert f"_{writer.pid}." in left.name  # the writer is named in the temporary
+    reopened = JudgeCache(tmp_path)  # young, but its writer is gone: nothing can finish it
+    assert not reopened._temporaries() and key not in reopened
+
+
 def test_put_survives_another_process_recovering_its_temporary(tmp_path, monkeypatch):
     """A second process opening the cache may move our finished temporary into place before
     we rename it: the record is stored all the same."""
