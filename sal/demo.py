@@ -77,7 +77,7 @@ def main(argv: list[str]) -> int:
     total = time.perf_counter() - started
     hardware = hardware_line()
     report = write_demo_report(runs_root / "demo_report.md", run_dirs, timings=timings, total_s=total,
-                               hardware=hardware)
+                               hardware=hardware, null_twin=tuple(RUNS))
     print(f"\nReport: {report}\n")
     print(report.read_text().split("\n## ")[0])
     print(format_timings(timings, total, hardware))

@@ -129,16 +129,43 @@ def dictionary_line(config_json: Path) -> str:
             f"{100 * m['dead_frac']:.2f}%{coef}; {regime_verdict(m) if 'l0_features' in m else ''}\n")
 
 
+def delta_row(model_dir: Path, null_dir: Path) -> str:
+    """The table row of ΔSAL = SAL(model) - SAL(null twin), computed from both runs' judged
+    samples with the model run's evaluate settings (sal.metrics.delta_sal)."""
+    import pandas as pd
+
+    from sal import metrics
+    from sal.pipeline.evaluate import enforce_min_rules
+
+    ev = json.loads((model_dir / "sal.json").read_text())["config"]["evaluate"]
+    probs = []
+    for run_dir in (model_dir, null_dir):
+        labelled = pd.read_parquet(run_dir / "evaluate" / "labelled_rules.parquet")
+        by_category = metrics.probs_by_category_from_frame(labelled[labelled.judge_status == "ok"],
+                                                           categories=ev["categories"])
+        probs.append(enforce_min_rules(by_category, ev["min_rules_per_category"], "drop"))
+    try:
+        d = metrics.delta_sal(*probs, bins=ev["bins"], n_bootstrap=ev["n_bootstrap"],
+                              n_permutations=ev["n_permutations"], ci_level=ev["ci_level"], seed=ev["seed"])
+    except ValueError as err:  # a side with fewer than two categories
+        return f"| **ΔSAL (model − null twin)** | not computable | — | — | {err} |"
+    return (f"| **ΔSAL (model − null twin)** | **{d.delta:.4f}** | {_fmt_ci(d.ci)} | {d.p_value:.4f} (one-sided) | "
+            f"SAL {d.sal_model:.4f} − {d.sal_null:.4f} |")
+
+
 def write_demo_report(path: Path, runs: Mapping[str, Path], timings=(), total_s: float | None = None,
-                      hardware: str = "") -> Path:
+                      hardware: str = "", null_twin: tuple[str, str] | None = None) -> Path:
     """Side-by-side report of the subject model and its null (random-weights) control, and
-    the wall time of each stage when given."""
+    the wall time of each stage when given. ``null_twin`` = (model label, null label) puts
+    ΔSAL, the model's gain over its null twin, first in the table."""
     path = Path(path)
     parts = ["# SAL on the offline default\n",
              "Subject model SmolLM2-135M-Instruct on packaged MATH/GSM8K data, next to the same "
              "architecture with random weights reading the same text (the null model).\n",
              "| run | SAL (bits) | 95% CI | permutation p | rules per category |", "|---|---|---|---|---|"]
     blocks = []
+    if null_twin is not None:
+        parts.append(delta_row(*(Path(runs[label]) for label in null_twin)))
     for label, run_dir in runs.items():
         s = json.loads((Path(run_dir) / "sal.json").read_text())
         if s.get("sal") is None:

@@ -68,6 +68,41 @@ def test_the_demo_report_shows_a_run_without_sal(tmp_path):
     assert "**SAL not computable**: only 9 rules" in report
 
 
+def _judged_run(run_dir, probs_by_category, evaluate):
+    import json
+
+    import pandas as pd
+
+    rows = [(c, p, "ok") for c, ps in probs_by_category.items() for p in ps] + [("No", 0.5, "failed")]
+    (run_dir / "evaluate").mkdir(parents=True)
+    pd.DataFrame(rows, columns=["category", "prob", "judge_status"]).to_parquet(run_dir / "evaluate" /
+                                                                                "labelled_rules.parquet")
+    (run_dir / "sal.json").write_text(json.dumps({"sal": 0.1, "ci": [0.0, 0.2], "p_value": 0.5, "counts": {},
+                                                  "bins": 20, "pairwise": {}, "null_mean": 0.0,
+                                                  "config": {"evaluate": evaluate}}))
+
+
+def test_the_demo_report_opens_with_the_gain_over_the_null_twin(tmp_path):
+    from sal import metrics
+    from sal.report import write_demo_report
+
+    rng = np.random.default_rng(0)
+    model = {"Strict": rng.beta(8, 2, 40), "Plausible": rng.beta(5, 5, 40), "No": rng.beta(2, 8, 40)}
+    null = {"Strict": rng.beta(4, 4, 3), "Plausible": rng.beta(4, 4, 40), "No": rng.beta(4, 4, 40)}
+    evaluate = {"categories": ["Strict", "Plausible", "No"], "min_rules_per_category": 5, "bins": 10,
+                "n_bootstrap": 100, "n_permutations": 100, "ci_level": 0.9, "seed": 0}
+    _judged_run(tmp_path / "m", model, evaluate)
+    _judged_run(tmp_path / "n", null, evaluate)
+    report = write_demo_report(tmp_path / "r.md", {"model": tmp_path / "m", "null": tmp_path / "n"},
+                               null_twin=("model", "null")).read_text()
+    row = report.splitlines()[report.splitlines().index("|---|---|---|---|---|") + 1]
+    # The null's 3 Strict rules fall under min_rules_per_category: its SAL is over 2 categories.
+    expected = metrics.soundness_aware_level(model, 10) - metrics.soundness_aware_level(
+        {"Plausible": null["Plausible"], "No": null["No"]}, 10)
+    assert row.startswith(f"| **ΔSAL (model − null twin)** | **{expected:.4f}** |")
+    assert "0.0099 (one-sided)" in row  # 1 / 101: no permutation reaches a gain this large
+
+
 def test_compare_leaves_out_runs_without_sal(tmp_path, caplog):
     import json
     from types import SimpleNamespace
