@@ -20,32 +20,29 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import psutil
+
 from sal.faults import kill_point
 
 TMP_MARK = ".tmp"
 _WRITER = re.compile(r"\.w(?P<host>[A-Za-z0-9-]+)_(?P<pid>\d+)\.")
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
 def _writer_tag() -> str:
     """Host and process that own a temporary, in its name: a later process can then tell a
     temporary whose writer was killed from one a live writer is still filling."""
-    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
-    return f"w{host}_{os.getpid()}"
+    return f"w{_host()}_{os.getpid()}"
 
 
 def writer_is_dead(tmp: str | os.PathLike) -> bool:
     """True only when ``tmp`` was made by atomic_path on this host by a process that no
     longer exists; False when its writer lives, is on another host, or is unknown."""
     match = _WRITER.search(Path(tmp).name)
-    if match is None or match["host"] != _writer_tag().split("_")[0][1:]:
-        return False
-    try:
-        os.kill(int(match["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
+    return match is not None and match["host"] == _host() and not psutil.pid_exists(int(match["pid"]))
 
 
 def _fsync_path(path: Path) -> None:

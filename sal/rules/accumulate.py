@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import psutil
 
 from sal.faults import kill_point
 
@@ -138,21 +139,11 @@ def remove_dead_spills(parent: str | None = None) -> int:
         if not name.startswith(SPILL_PREFIX):
             continue
         pid, _, rest = name[len(SPILL_PREFIX):].partition("-")
-        if not pid.isdigit() or not rest.startswith(f"{host}-") or _alive(int(pid)):
+        if not pid.isdigit() or not rest.startswith(f"{host}-") or psutil.pid_exists(int(pid)):
             continue
         shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
         removed += 1
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import psutil
 import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset
@@ -88,15 +89,7 @@ def _owner_is_dead(lock: Path) -> bool:
         pid = int(pid)
     except (OSError, ValueError):
         return False  # being written, or another format: fall back on the age
-    if host != socket.gethostname() or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
+    return host == socket.gethostname() and pid != os.getpid() and not psutil.pid_exists(pid)
 
 
 def _try_lock(lock: Path, stale_after_s: float) -> bool:
