@@ -398,11 +398,7 @@ class OpenAIJudge(PromptJudge):
         item, so the batch stops with one error instead of each item failing in turn."""
         c = self.config
         if status in (401, 403):
-            fix = (f"check the key in the environment variable {c.api_key_env} (judge.api_key_env)"
-                   if c.api_key_env else "the server wants a key: set judge.api_key_env to the name of the "
-                   "environment variable that holds it")
-            return CredentialError(f"judge server {c.base_url} refused the request with HTTP {status}: {fix}. "
-                                   f"The server said: {said!r}")
+            return key_refused(c, status, said)
         return UnreachableError(
             f"judge server {c.base_url} answered HTTP 404 for {self.url}: check judge.base_url (requests go to "
             f"base_url + \"/chat/completions\", e.g. http://127.0.0.1:8000/v1) and judge.model={c.model!r}. "
@@ -461,6 +457,15 @@ class OpenAIJudge(PromptJudge):
         )
         extra = {k: v for k, v in (("reasoning", reasoning), ("finish_reason", finish_reason)) if v} or None
         return Completion(content, prompt_tokens, completion_tokens, extra)
+
+
+def key_refused(config: JudgeConfig, status: int, said: str) -> CredentialError:
+    """The error for a 401/403 from the judge server; ``said``: its words, already redacted."""
+    fix = (f"check the key in the environment variable {config.api_key_env} (judge.api_key_env)"
+           if config.api_key_env else "the server wants a key: set judge.api_key_env to the name of the "
+           "environment variable that holds it")
+    return CredentialError(f"judge server {config.base_url} refused the request with HTTP {status}: {fix}. "
+                           f"The server said: {said!r}")
 
 
 def api_key(config: JudgeConfig) -> Optional[str]:

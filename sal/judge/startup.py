@@ -10,9 +10,9 @@ import logging
 import httpx
 
 from sal.config.judge import JudgeConfig
-from sal.errors import CredentialError, UnreachableError
+from sal.errors import UnreachableError
 from sal.judge.base import run_sync
-from sal.judge.openai_http import api_key, describe_connect_error
+from sal.judge.openai_http import api_key, describe_connect_error, key_refused
 from sal.judge.secrets import redact
 
 log = logging.getLogger("sal.judge")
@@ -57,12 +57,7 @@ async def _probe(config: JudgeConfig, key, timeout_s: float) -> None:
                                f"the server's OpenAI-compatible API (e.g. http://127.0.0.1:8000/v1)?") from None
     status = response.status_code
     if status in (401, 403):
-        said = redact(response.text.strip(), [key])[:300]
-        fix = (f"check the key in the environment variable {config.api_key_env} (judge.api_key_env)"
-               if config.api_key_env else "the server wants a key: set judge.api_key_env to the name of the "
-               "environment variable that holds it")
-        raise CredentialError(f"judge server {config.base_url} refused the request with HTTP {status}: {fix}. "
-                              f"The server said: {said!r}")
+        raise key_refused(config, status, redact(response.text.strip(), [key])[:300])
     if status == 200:
         _check_model(config, response)
     elif status != 404:
