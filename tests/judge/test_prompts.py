@@ -8,7 +8,8 @@ import pytest
 from sal.judge import Span, explain_item, rule_item, verify_item
 from sal.judge.prompts import explain_prompt, rule_prompt, verify_prompt
 
-PAPER = Path("/work/shared/spec/sal_paper.txt")
+FIGURES = Path(__file__).resolve().parents[1] / "data" / "paper"
+"""Figures 7-10 as the paper's text has them (copied from the spec, typesetting included)."""
 
 
 def words(text: str) -> list[str]:
@@ -18,42 +19,30 @@ def words(text: str) -> list[str]:
     return re.findall(r"[A-Za-z]+", text)
 
 
-def paper_figure(start: str, end: str) -> str:
-    text = PAPER.read_text()
-    i = text.index(start)
-    return text[i: text.index(end, i)]
+def paper_figure(number: int) -> str:
+    return (FIGURES / f"figure{number}.txt").read_text()
 
 
-needs_paper = pytest.mark.skipif(not PAPER.is_file(), reason="paper text not available")
-
-
-@needs_paper
 def test_figure7_word_for_word():
-    paper = paper_figure("We are studying the behaviors", "Figure 7:")
+    paper = paper_figure(7)
     ours = explain_prompt(["[[Insert Span 1 Here]]", "[[Insert Span 2 Here]]"])
     assert words(ours) == words(paper.replace("...", ""))
 
 
-@needs_paper
 def test_figure8_word_for_word():
-    paper = paper_figure("You are a linguistic expert.", "Figure 8:")
+    paper = paper_figure(8)
     ours = verify_prompt("[[Insert the Feature Summary Here]]", ["[[Insert Span 1 Here]]", "[[Insert Span 2 Here]]"])
     assert words(ours) == words(paper.replace("...", ""))
 
 
-@needs_paper
 def test_figure9_word_for_word():
-    paper = paper_figure("****Task****", "Figure 9:")
+    paper = paper_figure(9)
     ours = rule_prompt(["[[Insert Premise Here]]"], "[[Insert Conclusion Here]]")
     assert words(ours) == words(paper)
 
 
-@needs_paper
 def test_figure10_word_for_word():
-    text = PAPER.read_text()
-    start = text.index("For the given paired premises")
-    start = text.rindex("Task", 0, start)
-    paper = text[start - 2: text.index("</judgement>", start) + len("</judgement>.")]
+    paper = paper_figure(10)
     ours = rule_prompt(["[[ Insert Premise 1 Here ]]", "[[ Insert Premise 2 Here ]]"], "[[ Insert Premise 3 Here ]]")
     assert words(ours) == words(paper)
 
