@@ -22,11 +22,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # The offline default reads packaged files only; make any accidental hub access fail fast.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 STAGES = ("train.py", "extract_rules.py", "evaluate.py")
+MODEL, NULL = "SmolLM2-135M-Instruct", "null model (random weights)"
 RUNS = {
-    "SmolLM2-135M-Instruct": ["run_name=default"],
-    # The null model reads the text its pretrained twin wrote: only the weights differ.
-    "null model (random weights)": ["run_name=null_model", "model.init=random", "data.responses_from=pretrained"],
+    # The model's evaluation reports ΔSAL against its null twin, evaluated before it.
+    MODEL: ["run_name=default", "evaluate.null_twin=null_model"],
+    # The null twin reads the text its pretrained twin wrote: only the weights differ.
+    NULL: ["control=null_twin", "run_name=null_model"],
 }
+ORDER = [(MODEL, "train.py"), (MODEL, "extract_rules.py"), (NULL, "train.py"), (NULL, "extract_rules.py"),
+         (NULL, "evaluate.py"), (MODEL, "evaluate.py")]
+"""The null twin reads the model's responses (written by the model's train.py) and is
+evaluated before the model, whose evaluation compares the two."""
 
 
 def run_stage(script: str, overrides: list[str]) -> None:
@@ -52,6 +58,10 @@ def hardware_line() -> str:
             f"{os.cpu_count()} cores, load average {load}")
 
 
+def _run_name(overrides: list[str]) -> str:
+    return [o for o in overrides if o.startswith("run_name=")][-1].split("=", 1)[1]
+
+
 def main(argv: list[str]) -> int:
     os.environ.update(OFFLINE_ENV)
     started = time.perf_counter()
@@ -64,20 +74,19 @@ def main(argv: list[str]) -> int:
 
     runs_root = ROOT / last("paths.runs_root", "runs")
     model = last("model", "smollm2-135m")
-    run_dirs, timings = {}, []
-    for label, overrides in RUNS.items():
-        for stage in STAGES:
-            print(f"\n=== {label}: {stage} {' '.join([*overrides, *argv])}", flush=True)
-            t0 = time.perf_counter()
-            run_stage(stage, [*overrides, *argv])
-            timings.append((label, stage, time.perf_counter() - t0))
-            print(f"=== {stage} done in {timings[-1][2]:.0f} s", flush=True)
-        run_name = [o for o in overrides if o.startswith("run_name=")][0].split("=", 1)[1]
-        run_dirs[label] = runs_root / model / run_name
+    timings = []
+    for label, stage in ORDER:
+        overrides = RUNS[label]
+        print(f"\n=== {label}: {stage} {' '.join([*overrides, *argv])}", flush=True)
+        t0 = time.perf_counter()
+        run_stage(stage, [*overrides, *argv])
+        timings.append((label, stage, time.perf_counter() - t0))
+        print(f"=== {stage} done in {timings[-1][2]:.0f} s", flush=True)
+    run_dirs = {label: runs_root / model / _run_name(overrides) for label, overrides in RUNS.items()}
     total = time.perf_counter() - started
     hardware = hardware_line()
     report = write_demo_report(runs_root / "demo_report.md", run_dirs, timings=timings, total_s=total,
-                               hardware=hardware, null_twin=tuple(RUNS))
+                               hardware=hardware, null_twin=(MODEL, NULL))
     print(f"\nReport: {report}\n")
     print(report.read_text().split("\n## ")[0])
     print(format_timings(timings, total, hardware))

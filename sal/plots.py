@@ -85,10 +85,11 @@ def plot_pairwise_jsd(
     return _save(fig, path)
 
 
-def plot_sal_vs_accuracy(comparison, path: str | Path) -> Path:
+def plot_sal_vs_accuracy(comparison, path: str | Path, label: str = "SAL") -> Path:
     """Figure 4: SAL vs post-RL accuracy (left) and the fitted error law (right).
 
-    ``comparison`` is a ``sal.analysis.Comparison``.
+    ``comparison`` is a ``sal.analysis.Comparison``; ``label`` names its x quantity (SAL, or
+    ΔSAL against the null twin).
     """
     t, fit = comparison.table, comparison.fit
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -96,7 +97,7 @@ def plot_sal_vs_accuracy(comparison, path: str | Path) -> Path:
     for row in t.itertuples():
         left.annotate(row.model, (row.sal, row.accuracy), fontsize=7,
                       textcoords="offset points", xytext=(3, 3))
-    left.set_xlabel("SAL (bits)")
+    left.set_xlabel(f"{label} (bits)")
     left.set_ylabel(f"post-RL accuracy, {comparison.accuracy_column} (%)")
     grid = np.linspace(1e-4, max(float(t["sal"].max()) * 1.3, 0.3), 200)
     right.scatter(t["sal"], t["error"], color="#264653", label="observed", zorder=3)
@@ -105,7 +106,7 @@ def plot_sal_vs_accuracy(comparison, path: str | Path) -> Path:
                       label=f"leave-one-out (R²={comparison.loo.r2:.3f})", zorder=3)
     right.plot(grid, fit.predict(grid), color="#2a9d8f",
                label=f"exp(-{fit.alpha:.3f}·s^{fit.beta:.3f}), R²={fit.r2:.3f}")
-    right.set_xlabel("SAL s (bits)")
+    right.set_xlabel(f"{label} s (bits)")
     right.set_ylabel("error rate ε")
     right.legend(fontsize=7)
     return _save(fig, path)
@@ -170,6 +171,52 @@ def plot_validation(sweep: pd.DataFrame, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def plot_robustness(seeds: pd.DataFrame, spreads: Mapping, sensitivity: pd.DataFrame, path: str | Path) -> Path:
+    """analysis=robustness: each seed's SAL and ΔSAL with its bootstrap CI and the headline
+    interval (rule resampling and seed spread pooled), then one panel per sensitivity factor
+    (mean over the runs at that setting, error bars one standard deviation over seeds)."""
+    factors = list(dict.fromkeys(sensitivity["factor"]))
+    fig, axes = plt.subplots(1, 1 + len(factors), figsize=(3.2 * (1 + len(factors)), 3.2), squeeze=False)
+    ax = axes[0, 0]
+    for j, (name, colour) in enumerate((("sal", "#264653"), ("delta", "#e76f51"))):
+        if name not in seeds or seeds[name].isna().all():
+            continue
+        x = np.arange(len(seeds)) + 0.15 * (j - 0.5)
+        y = seeds[name].astype(float).to_numpy()
+        err = np.abs(np.vstack([y - seeds[f"{name}_ci_low" if name == "delta" else "ci_low"].astype(float),
+                                seeds[f"{name}_ci_high" if name == "delta" else "ci_high"].astype(float) - y]))
+        label = "SAL" if name == "sal" else "ΔSAL (vs null twin)"
+        ax.errorbar(x, y, yerr=err, fmt="o", color=colour, capsize=3, label=label)
+        spread = spreads.get("sal" if name == "sal" else "delta_sal")
+        if spread:
+            ax.axhspan(*spread["interval"], color=colour, alpha=0.12)
+            ax.axhline(spread["mean"], color=colour, lw=0.8, ls="--")
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.set_xticks(range(len(seeds)), [str(s) for s in seeds["seed"]])
+    ax.set_xlabel("crosscoder seed (band: headline interval)")
+    ax.set_ylabel("bits")
+    ax.legend(fontsize=7)
+    for ax, factor in zip(axes[0, 1:], factors):
+        t = sensitivity[sensitivity["factor"] == factor]
+        for name, colour, label in (("sal", "#264653", "SAL"), ("delta", "#e76f51", "ΔSAL")):
+            if t[f"{name}_mean"].isna().all():
+                continue
+            ax.errorbar(t["value"].astype(float), t[f"{name}_mean"], yerr=t[f"{name}_sd"].fillna(0), fmt="o-",
+                        color=colour, capsize=3, label=label)
+        ax.axhline(0, color="grey", lw=0.6)
+        values = t["value"].astype(float)
+        if factor in ("bins", "n_features", "min_premise_count"):
+            ax.set_xscale("log")
+        ax.set_xticks(values, [f"{v:g}" for v in values])
+        ax.minorticks_off()
+        missing = values[t["sal_mean"].isna()]
+        if len(missing):  # say where a setting left too few rules, rather than leave a gap
+            ax.scatter(missing, np.zeros(len(missing)), marker="x", color="grey", label="not computable")
+        ax.set_xlabel(factor)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def plot_power(power, path: str | Path) -> Path:
     """CI width (left) and power (right) against labelled rules per category;
     ``power`` is a ``sal.power.PowerAnalysis``."""
@@ -189,4 +236,56 @@ def plot_power(power, path: str | Path) -> Path:
     right.set_ylim(0, 1.02)
     right.set_xlabel("labelled rules per category")
     right.set_ylabel(f"power, ΔSAL = {power.delta:.3f} bits")
+    return _save(fig, path)
+
+
+def plot_network_validation(table: pd.DataFrame, path: str | Path) -> Path:
+    """SAL (left) and delta-SAL over the null twin (right) per seed, for the network trained on
+    sound text, on shuffled text, and the untrained null twin (SAL only); ``table`` is
+    ``sal.network_validation``'s per-seed table. Bars carry the bootstrap CI; a missing bar
+    is a SAL that could not be computed."""
+    colours = {"sound": "#2a9d8f", "shuffled": "#e9c46a", "null_twin": "#888888"}
+    seeds = sorted(table["seed"].unique())
+    x = np.arange(len(seeds))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), gridspec_kw={"wspace": 0.35})
+    for ax, (col, lo, hi, title) in zip(axes, (("sal", "sal_ci_low", "sal_ci_high", "SAL (bits)"),
+                                                ("delta_sal", "delta_ci_low", "delta_ci_high", "ΔSAL vs null twin (bits)"))):
+        nets = [n for n in colours if table.loc[table.network == n, col].notna().any()]
+        width = 0.8 / max(len(nets), 1)
+        for i, net in enumerate(nets):
+            part = table[table.network == net].set_index("seed").reindex(seeds)
+            val = part[col].astype(float).to_numpy()
+            err = np.abs(np.vstack([val - part[lo].astype(float).to_numpy(), part[hi].astype(float).to_numpy() - val]))
+            ax.bar(x + (i - (len(nets) - 1) / 2) * width, np.nan_to_num(val), width, yerr=np.nan_to_num(err),
+                   color=colours[net], label=net, capsize=2)
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_xticks(x, [f"seed {s}" for s in seeds])
+        ax.set_ylabel(title)
+        ax.legend(fontsize=7)
+    fig.suptitle("Network validation: sound vs shuffled text", y=1.02)
+    return _save(fig, path)
+
+
+def plot_network_histograms(probs_by_network: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path,
+                            bins: int = metrics.DEFAULT_BINS, title: str | None = None) -> Path:
+    """One row per network, one panel per category: the normalised histograms SAL compares."""
+    nets = list(probs_by_network)
+    cats = list(dict.fromkeys(c for p in probs_by_network.values() for c in p))
+    fig, axes = plt.subplots(len(nets), len(cats), figsize=(2.6 * len(cats), 1.9 * len(nets)), sharex=True,
+                             squeeze=False)
+    edges = np.linspace(0, 1, bins + 1)
+    for r, net in enumerate(nets):
+        for c, cat in enumerate(cats):
+            ax = axes[r][c]
+            probs = np.asarray(probs_by_network[net].get(cat, []), dtype=float)
+            if probs.size:
+                ax.bar(edges[:-1], metrics.histogram(probs, bins), width=1 / bins, align="edge",
+                       color=_COLOURS.get(cat, "#888888"), edgecolor="white")
+            ax.set_title(f"{net}: {cat} (n={probs.size})", fontsize=8)
+            ax.set_xlim(0, 1)
+            ax.tick_params(labelsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("rule probability", fontsize=8)
+    if title:
+        fig.suptitle(title, y=1.01)
     return _save(fig, path)

@@ -9,6 +9,7 @@ from pathlib import Path
 from sal import atomic
 from typing import Mapping
 
+import numpy as np
 import pandas as pd
 
 
@@ -44,6 +45,15 @@ def _md_table(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _delta_lines(d: Mapping | None) -> list[str]:
+    if d is None:
+        return []
+    if d["delta"] is None:
+        return [f"- ΔSAL against the null twin ({d['null_run_dir']}): not computable: {d['not_computable']}"]
+    return [f"- **ΔSAL = {d['delta']:.4f} bits** against the null twin ({d['null_run_dir']}: SAL "
+            f"{d['sal_null']:.4f}), CI {_fmt_ci(d['ci'])}, one-sided permutation p = {d['p_value']:.4f}"]
+
+
 def sal_block(summary: Mapping) -> str:
     by_bins = ", ".join(f"B={b}: {v:.4f}" for b, v in summary.get("sal_by_bins", {}).items())
     pair = ", ".join(f"{k} {v:.4f}" for k, v in summary["pairwise"].items())
@@ -53,6 +63,7 @@ def sal_block(summary: Mapping) -> str:
         f"- permutation test against a soundness-agnostic model: p = {summary['p_value']:.4f} "
         f"(null mean SAL {summary.get('null_mean', float('nan')):.4f} bits at these sample sizes)",
         f"- pairwise JSD: {pair}",
+        *_delta_lines(summary.get("delta_sal")),
         f"- SAL at other bin counts: {by_bins}",
         f"- labelled rules per category: {summary.get('judge_label_counts', summary['counts'])}"
         f" (used for SAL: {summary['counts']})",
@@ -84,14 +95,16 @@ def write_model_report(path: Path, summary: Mapping, labelled: pd.DataFrame, exp
     return path
 
 
-def write_compare_report(path: Path, comp, figures: Mapping[str, Path]) -> Path:
+def write_compare_report(path: Path, comp, figures: Mapping[str, Path], label: str = "SAL") -> Path:
+    """``label``: what the table's ``sal`` column holds (SAL, or ΔSAL against the null twin)."""
     path = Path(path)
     fit, loo = comp.fit, comp.loo
     table = comp.table.copy()
     table["loo_prediction"] = loo.predictions
     parts = [
-        "# SAL vs post-RL performance\n",
-        f"Fit of eps = exp(-alpha * SAL^beta) on the error rate ({comp.accuracy_column}): "
+        f"# {label} vs post-RL performance\n",
+        *([f"The `sal` column holds {label}: each model's SAL minus its null twin's.\n"] if label != "SAL" else []),
+        f"Fit of eps = exp(-alpha * s^beta), s = {label}, on the error rate ({comp.accuracy_column}): "
         f"**alpha = {fit.alpha:.3f}, beta = {fit.beta:.3f}, R^2 = {fit.r2:.3f}**; "
         f"leave-one-out R^2 = {loo.r2:.3f}.\n",
         _md_table(table.round(4)),
@@ -102,6 +115,35 @@ def write_compare_report(path: Path, comp, figures: Mapping[str, Path]) -> Path:
     ]
     if comp.unmatched:
         parts.append(f"\nModels without an accuracy entry (left out): {comp.unmatched}\n")
+    atomic.write_text(path, "\n".join(parts))
+    return path
+
+
+def write_robustness_report(path: Path, summary: Mapping, seeds: pd.DataFrame, sensitivity: pd.DataFrame,
+                            figure: Path) -> Path:
+    """analysis=robustness: the headline intervals, what dominates them, the per-seed table
+    and the sensitivity table."""
+    path = Path(path)
+    level = f"{100 * summary['ci_level']:.0f}%"
+    parts = [f"# SAL robustness: {summary['model']}\n",
+             f"K = {len(seeds)} crosscoder seeds, each a full pipeline run (train, extract, judge) beside its "
+             f"null twin; B = {summary['bins']}. The headline interval pools every seed's bootstrap replicates "
+             f"with equal weight (rule resampling and seed spread together).\n"]
+    for name, label in (("sal", "SAL"), ("delta_sal", "ΔSAL")):
+        sp = summary["spread"].get(name)
+        if sp is None:
+            parts.append(f"- **{label}**: not computable on any seed\n")
+            continue
+        parts.append(
+            f"- **{label} = {sp['mean']:.4f} bits**, {level} interval {_fmt_ci(sp['interval'])}; variance from "
+            f"rule resampling {sp['rule_var']:.2e}, from the seed spread {sp['seed_var']:.2e} "
+            f"({100 * sp['seed_share']:.0f}% of the total): **{sp['dominant']} dominates**")
+    parts += ["\n## Per seed\n", _md_table(seeds.round(4).replace({np.nan: "—"})),
+              "\n## Sensitivity\n",
+              "Mean over the runs at each setting (sd over seeds where there are several); `rules_used`: labelled "
+              "rules left after the setting's filter and the thin-category rule.\n",
+              _md_table(sensitivity.round(4).assign(value=[f"{v:g}" for v in sensitivity["value"]])),
+              f"\n![robustness]({_rel(Path(figure), path.parent)})\n"]
     atomic.write_text(path, "\n".join(parts))
     return path
 
@@ -130,27 +172,20 @@ def dictionary_line(config_json: Path) -> str:
 
 
 def delta_row(model_dir: Path, null_dir: Path) -> str:
-    """The table row of ΔSAL = SAL(model) - SAL(null twin), computed from both runs' judged
-    samples with the model run's evaluate settings (sal.metrics.delta_sal)."""
-    import pandas as pd
+    """The table row of ΔSAL = SAL(model) - SAL(null twin): the model run's sal.json when its
+    evaluation had evaluate.null_twin set, else computed from both runs' judged samples with the
+    model run's evaluate settings."""
+    from sal.pipeline.evaluate import delta_to_null_twin, judged_probs
 
-    from sal import metrics
-    from sal.pipeline.evaluate import enforce_min_rules
-
-    ev = json.loads((model_dir / "sal.json").read_text())["config"]["evaluate"]
-    probs = []
-    for run_dir in (model_dir, null_dir):
-        labelled = pd.read_parquet(run_dir / "evaluate" / "labelled_rules.parquet")
-        by_category = metrics.probs_by_category_from_frame(labelled[labelled.judge_status == "ok"],
-                                                           categories=ev["categories"])
-        probs.append(enforce_min_rules(by_category, ev["min_rules_per_category"], "drop"))
-    try:
-        d = metrics.delta_sal(*probs, bins=ev["bins"], n_bootstrap=ev["n_bootstrap"],
-                              n_permutations=ev["n_permutations"], ci_level=ev["ci_level"], seed=ev["seed"])
-    except ValueError as err:  # a side with fewer than two categories
-        return f"| **ΔSAL (model − null twin)** | not computable | — | — | {err} |"
-    return (f"| **ΔSAL (model − null twin)** | **{d.delta:.4f}** | {_fmt_ci(d.ci)} | {d.p_value:.4f} (one-sided) | "
-            f"SAL {d.sal_model:.4f} − {d.sal_null:.4f} |")
+    summary = json.loads((model_dir / "sal.json").read_text())
+    d = summary.get("delta_sal")
+    if d is None:
+        ev = summary["config"]["evaluate"]
+        d = delta_to_null_twin(judged_probs(model_dir, ev), null_dir, ev)
+    if d["delta"] is None:
+        return f"| **ΔSAL (model − null twin)** | not computable | — | — | {d['not_computable']} |"
+    return (f"| **ΔSAL (model − null twin)** | **{d['delta']:.4f}** | {_fmt_ci(d['ci'])} | {d['p_value']:.4f} "
+            f"(one-sided) | SAL {d['sal_model']:.4f} − {d['sal_null']:.4f} |")
 
 
 def write_demo_report(path: Path, runs: Mapping[str, Path], timings=(), total_s: float | None = None,

@@ -59,6 +59,10 @@ def test_custom_layers():
     (["crosscoder.decoder_norm=l3"], "crosscoder.decoder_norm='l3'"),
     (["crosscoder.mse_reduction=avg"], "crosscoder.mse_reduction='avg'"),
     (["crosscoder=topk", "crosscoder.mse_reduction=mean"], "applies to arch=relu only"),
+    (["analysis.metric=gain"], "analysis.metric='gain': choose sal or delta_sal"),
+    (["analysis=compare", "analysis.metric=delta_sal"], "the paper's table has no ΔSAL"),
+    (["analysis=robustness", "analysis.robustness.seeds=[1,1]"], "one or more distinct seeds"),
+    (["analysis=robustness", "analysis.robustness.min_premise_counts=[0]"], "min_premise_counts=\\[0\\]"),
 ])
 def test_bad_values_fail_validation_with_the_fix(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -99,3 +103,13 @@ def test_paper_experiment_switches_data_generation_and_judge():
     assert cfg.data.name == "paper" and cfg.data.generation.backend == "vllm"
     assert cfg.judge.backend == "openai" and cfg.judge.api_key_env == "DEEPSEEK_API_KEY"
     assert cfg.optim.max_steps == 5000 and cfg.crosscoder.n_features == 2 ** 15
+
+
+def test_the_null_twin_of_any_model_is_one_override_away():
+    for model in ("smollm2-135m", "qwen2.5-7b"):
+        twin = _compose("train", [f"model={model}", "control=null_twin"])
+        base = _compose("train", [f"model={model}"])
+        assert (twin.model.init, twin.data.responses_from, twin.run_name) == ("random", "pretrained", "null_model")
+        assert (base.model.init, base.data.responses_from) == ("pretrained", "self")
+        assert twin.model.name == base.model.name and twin.layers.indices == base.layers.indices
+    assert _compose("train", ["control=null_twin", "run_name=twin_b"]).run_name == "twin_b"

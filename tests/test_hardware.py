@@ -32,10 +32,18 @@ def cpu(monkeypatch):
 @pytest.mark.parametrize("native_bf16, want", [(False, "float32"), (True, "bfloat16")])
 def test_auto_follows_the_cpus_bf16_support(cpu, native_bf16, want):
     cpu(native_bf16)
-    cfg = _compose()
-    assert cfg.model.dtype == "auto" and cfg.judge.hf_dtype == "auto"  # the offline default asks for auto
+    cfg = _compose(["model=qwen2.5-0.5b"])
+    assert cfg.model.dtype == "auto" and cfg.judge.hf_dtype == "auto"  # hub models ask for auto
     typed = validate_config(cfg)
     assert (typed.model.dtype, typed.judge.hf_dtype) == (want, want)
+
+
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_the_offline_demo_runs_in_float32_on_every_cpu(cpu, native_bf16):
+    # bf16 on a native-bf16 CPU sampled other responses and left the null twin too few rules
+    cpu(native_bf16)
+    typed = validate_config(_compose())
+    assert (typed.model.dtype, typed.judge.hf_dtype) == ("float32", "float32")
 
 
 def test_auto_is_bf16_on_a_gpu(monkeypatch):
@@ -55,7 +63,7 @@ def test_an_explicit_dtype_wins(cpu, native_bf16):
 
 def test_saved_config_records_the_resolved_dtype_and_the_hardware(cpu):
     cpu(False)
-    cfg = _compose()
+    cfg = _compose(["model=qwen2.5-0.5b"])
     saved = resolved_container(cfg, validate_config(cfg))
     assert saved["model"]["dtype"] == "float32" and saved["judge"]["hf_dtype"] == "float32"
     runtime = saved["runtime"]

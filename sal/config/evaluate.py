@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from sal.config.validation import NetworkValidationConfig
+
 _EMPTY = ("error", "drop")
-_ANALYSES = ("single", "compare", "validate", "power")
+_ANALYSES = ("single", "compare", "validate", "planted", "power", "robustness")
 _MODES = ("aware", "agnostic")
 _SCOPES = ("planted", "all")
 _POWER_SOURCES = ("world", "run")
@@ -50,6 +52,11 @@ class EvalConfig:
     """Soundness categories the judge assigns, in the paper's order."""
     n_case_studies: int = 5
     """Rules per category in the Table 2-style case-study table (highest probability first)."""
+    null_twin: Optional[str] = None
+    """The null twin's run (same architecture, random weights, same text: `control=null_twin`):
+    a run name beside this run (`null_model`) or a run directory. When set, sal.json also
+    holds ΔSAL = SAL(this run) - SAL(null twin) with its CI and one-sided p-value; the
+    twin must be evaluated first."""
 
     def validate(self) -> None:
         if self.n_rules_per_arity < 1:
@@ -246,10 +253,44 @@ class PowerConfig:
 
 
 @dataclass
+class RobustnessConfig:
+    """analysis=robustness: the pipeline for K crosscoder seeds (each with its null twin) and
+    for other dictionary settings, then the seed spread and the sensitivity table."""
+
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
+    """Crosscoder seeds (K = their number): one Hydra multirun per stage over crosscoder.seed."""
+    null_twin: bool = True
+    """Also run each seed's null twin (control=null_twin), for the spread of ΔSAL."""
+    bins: List[int] = field(default_factory=lambda: [10, 20, 50])
+    """Histogram bin counts of the sensitivity table (from the seeds' judged samples)."""
+    min_premise_counts: List[int] = field(default_factory=lambda: [1, 5, 10, 30])
+    """The judged sample restricted to rules with count(P) >= each value: with count(P) of 1-3
+    the smoothed probabilities take only a handful of values, so histograms spike. Values at
+    or below the extraction's rules.min_premise_count change nothing (the table says so)."""
+    target_l0: List[float] = field(default_factory=lambda: [12.0, 50.0])
+    """Other dictionary sparsities (crosscoder.target_l0, a float like it: job directories are
+    named by the resolved value, l0_12.0), first seed only; [] skips them."""
+    n_features: List[int] = field(default_factory=lambda: [128, 512])
+    """Other dictionary widths C (crosscoder.n_features), first seed only; [] skips them."""
+
+    def validate(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"analysis.robustness.seeds={list(self.seeds)}: give one or more distinct seeds.")
+        if any(b < 2 for b in self.bins):
+            raise ValueError(f"analysis.robustness.bins={list(self.bins)}: every bin count must be >= 2.")
+        if any(m < 1 for m in self.min_premise_counts):
+            raise ValueError(f"analysis.robustness.min_premise_counts={list(self.min_premise_counts)}: must be >= 1.")
+        if any(k < 1 for k in self.target_l0) or any(c < 1 for c in self.n_features):
+            raise ValueError(f"analysis.robustness.target_l0={list(self.target_l0)}, n_features="
+                             f"{list(self.n_features)}: must be >= 1.")
+
+
+@dataclass
 class AnalysisConfig:
     name: str = "single"
-    """single (SAL of one run), compare (many runs vs post-RL accuracy), validate (planted
-    world) or power (judge budget)."""
+    """single (SAL of one run), compare (many runs vs post-RL accuracy), robustness (seeds and
+    settings of the dictionary), validate (trained networks on a synthetic language), planted
+    (planted layer counts: the plumbing) or power (judge budget)."""
     run_dirs: List[str] = field(default_factory=list)
     """Run directories whose sal.json enter the comparison (or, for power with
     source=run, whose labelled rules are resampled)."""
@@ -274,6 +315,15 @@ class AnalysisConfig:
     """validate: worlds per separation (seeds world.seed, world.seed + 1, ...)."""
     power: PowerConfig = field(default_factory=PowerConfig)
     """Settings of analysis=power."""
+    metric: str = "sal"
+    """compare: sal, or delta_sal (SAL minus the null twin's, from runs evaluated with
+    evaluate.null_twin): the gap speaks about the model, not its text."""
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    """Settings of analysis=robustness."""
+    network: NetworkValidationConfig = field(default_factory=NetworkValidationConfig)
+    """Settings of analysis=validate: the synthetic language, the two tiny transformers (sound
+    and shuffled text) and the sizes of their crosscoders and statistics
+    (sal.network_validation). analysis=planted is the planted-counts check (world=)."""
 
     def validate(self) -> None:
         if self.name not in _ANALYSES:
@@ -289,6 +339,15 @@ class AnalysisConfig:
             )
         if self.n_seeds < 1:
             raise ValueError(f"analysis.n_seeds={self.n_seeds}: must be >= 1.")
+        if self.metric not in ("sal", "delta_sal"):
+            raise ValueError(f"analysis.metric={self.metric!r}: choose sal or delta_sal.")
+        if self.name == "compare" and self.metric == "delta_sal" and not (self.run_dirs or self.multirun_dir):
+            raise ValueError("analysis.metric=delta_sal needs runs evaluated with evaluate.null_twin "
+                             "(analysis.run_dirs=[...] or analysis.multirun_dir=...): the paper's table has no ΔSAL.")
+        if self.name == "robustness":
+            self.robustness.validate()
+        if self.name == "validate":
+            self.network.validate()
         if self.name == "power":
             self.power.validate()
             if self.power.source == "run" and not self.run_dirs:

@@ -53,9 +53,9 @@ class SALConfig:
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     """SAL evaluation (sampling, bins, bootstrap, permutation test)."""
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
-    """What evaluate.py does (conf/analysis): single, compare, validate, power."""
+    """What evaluate.py does (conf/analysis): single, compare, robustness, validate, planted, power."""
     world: WorldConfig = field(default_factory=WorldConfig)
-    """Planted synthetic world for analysis=validate|power (conf/world)."""
+    """Planted synthetic world for analysis=planted|power (conf/world)."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     """Lightning launcher (conf/trainer)."""
     logger: LoggerConfig = field(default_factory=LoggerConfig)

@@ -1,5 +1,7 @@
-"""evaluate.py: rules -> judged sample -> SAL with CI and p-value; or the cross-model
-analysis (compare), the planted-rule validation (validate) and the judge budget (power)."""
+"""evaluate.py: rules -> judged sample -> SAL with CI and p-value (and ΔSAL against a null
+twin); or the cross-model analysis (compare), the seed and settings analysis (robustness,
+sal.pipeline.robustness), the trained-network validation (validate), the planted-counts check
+(planted) and the judge budget (power)."""
 
 from __future__ import annotations
 
@@ -31,9 +33,17 @@ def run(cfg: DictConfig):
     if typed.analysis.name == "single":
         check_against_training(typed, run_dir / "crosscoder", "evaluate.py")
     save_resolved_config(cfg, typed, run_dir / "config" / f"evaluate_{typed.analysis.name}.yaml")
-    handler = {"single": run_single, "compare": run_compare, "validate": run_validate, "power": run_power}
+    from sal.pipeline.robustness import run_robustness
+
+    handler = {"single": run_single, "compare": run_compare, "validate": run_validate, "planted": run_planted,
+               "power": run_power,
+               "robustness": run_robustness}
     name = typed.analysis.name
-    if name != "single" and not typed.run_dir:
+    if name == "robustness" and not typed.run_dir:
+        # One model's dictionaries: beside that model's runs.
+        run_dir = Path(typed.paths.runs_root) / typed.model.name / f"robustness-{typed.run_name}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+    elif name != "single" and not typed.run_dir:
         # Cross-model and synthetic analyses belong to no single model's run directory.
         run_dir = Path(typed.paths.runs_root) / "_analysis" / name / typed.run_name
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -68,6 +78,50 @@ def enforce_min_rules(probs: Dict[str, np.ndarray], min_rules: int, policy: str)
     if thin:
         log.warning("Dropping categories with too few labelled rules: %s", thin)
     return {k: (v[:0] if k in thin else v) for k, v in probs.items()}
+
+
+def judged_probs(run_dir: Path, ev: dict) -> Dict[str, np.ndarray]:
+    """A run's judged sample as rule probabilities by category, with categories under
+    ``ev["min_rules_per_category"]`` emptied (``ev``: the evaluate settings, as a dict)."""
+    from sal import metrics
+
+    labelled = pd.read_parquet(Path(run_dir) / "evaluate" / "labelled_rules.parquet")
+    by_category = metrics.probs_by_category_from_frame(labelled[labelled.judge_status == "ok"],
+                                                       categories=ev["categories"])
+    return enforce_min_rules(by_category, ev["min_rules_per_category"], "drop")
+
+
+def delta_to_null_twin(model_probs: Dict[str, np.ndarray], null_dir: Path, ev: dict) -> dict:
+    """ΔSAL = SAL(model) - SAL(null twin) with its bootstrap CI and one-sided p-value
+    (sal.metrics.delta_sal), both sides under the model run's evaluate settings ``ev``;
+    {"delta": None, "not_computable": why} when a side has fewer than two categories."""
+    from sal import metrics
+
+    null_probs = judged_probs(null_dir, ev)
+    try:
+        d = metrics.delta_sal(model_probs, null_probs, bins=ev["bins"], n_bootstrap=ev["n_bootstrap"],
+                              n_permutations=ev["n_permutations"], ci_level=ev["ci_level"], seed=ev["seed"])
+    except ValueError as err:
+        return {"delta": None, "not_computable": str(err), "null_run_dir": str(null_dir)}
+    return {**d.to_dict(), "null_run_dir": str(null_dir)}
+
+
+def check_null_twin(cfg: SALConfig, run_dir: Path) -> Path | None:
+    """The evaluated null twin's run directory (evaluate.null_twin), or None when unset."""
+    twin = steps.null_twin_dir(cfg, run_dir)
+    if twin is None:
+        return None
+    if twin.resolve() == run_dir.resolve():
+        raise ConfigError(f"evaluate.null_twin={cfg.evaluate.null_twin} names this run itself ({run_dir}): "
+                          f"name the random-weights run (control=null_twin) of the pretrained one.")
+    needed = [twin / "sal.json", twin / "evaluate" / "labelled_rules.parquet"]
+    if not all(p.exists() for p in needed):
+        raise MissingInputError(
+            f"evaluate.null_twin={cfg.evaluate.null_twin}: {needed[0]} not found: evaluate the null twin first, "
+            f"with this run's model and settings: `python train.py control=null_twin`, then `python "
+            f"extract_rules.py control=null_twin` and `python evaluate.py control=null_twin` (run_name={twin.name}); "
+            f"or unset evaluate.null_twin.")
+    return twin
 
 
 def human_agreement(path: str, explanations: pd.DataFrame, judge) -> dict:
@@ -113,6 +167,7 @@ def run_single(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
         print(f"[evaluate] {cfg.model.name} ({cfg.model.init}): up to date in {sal_step.output}: SAL = "
               f"{summary.get('sal')} (force=true recomputes it)")
         return summary
+    null_dir = check_null_twin(cfg, run_dir)
     sal_step.forget()
     rejudge = not (labelled_step.is_fresh(cfg.force) and _all_answered(labelled_step.output))
     rules = pd.read_parquet(rules_path)
@@ -146,6 +201,8 @@ def run_single(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
         n_permutations=cfg.evaluate.n_permutations, ci_level=cfg.evaluate.ci_level, seed=cfg.evaluate.seed,
         drop_empty=cfg.evaluate.empty_category == "drop")
     summary = _run_summary(cfg, run_dir, ok, labelled, frame, judge, resolved, **result.to_dict())
+    if null_dir is not None:
+        summary["delta_sal"] = delta_to_null_twin(probs, null_dir, dataclasses.asdict(cfg.evaluate))
     if cfg.evaluate.human_labels:
         summary["human_agreement"] = human_agreement(cfg.evaluate.human_labels, explanations, judge)
         h = summary["human_agreement"]
@@ -164,14 +221,24 @@ def run_single(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
     sal_step.record()
     wb = start_run(cfg.logger, run_dir, f"{cfg.model.name}-sal", "evaluate", resolved)
     if wb is not None:
+        delta = summary.get("delta_sal") or {}
         wb.log({"sal/bits": result.sal, "sal/p_value": result.p_value, "sal/ci_low": result.ci[0],
-                "sal/ci_high": result.ci[1], **{f"sal/jsd_{k}": v for k, v in result.pairwise.items()}})
+                "sal/ci_high": result.ci[1], **{f"sal/jsd_{k}": v for k, v in result.pairwise.items()},
+                **({"sal/delta": delta["delta"], "sal/delta_ci_low": delta["ci"][0],
+                    "sal/delta_ci_high": delta["ci"][1], "sal/delta_p_value": delta["p_value"]}
+                   if delta.get("delta") is not None else {})})
         log_images(wb, figures)
         wb.finish()
     ci = result.ci
     print(f"[evaluate] {cfg.model.name} ({cfg.model.init}): SAL = {result.sal:.4f} bits "
           f"[{100 * cfg.evaluate.ci_level:.0f}% CI {ci[0]:.4f}, {ci[1]:.4f}], permutation p = {result.p_value:.4f}, "
           f"rules per category {result.counts}")
+    d = summary.get("delta_sal")
+    if d is not None and d["delta"] is not None:
+        print(f"[evaluate] ΔSAL against the null twin {null_dir}: {d['delta']:.4f} bits "
+              f"[CI {d['ci'][0]:.4f}, {d['ci'][1]:.4f}], one-sided p = {d['p_value']:.4f}")
+    elif d is not None:
+        print(f"[evaluate] ΔSAL against the null twin {null_dir}: not computable: {d['not_computable']}")
     print(f"[evaluate] {judge.report.summary()}")
     print(f"[evaluate] report: {report}")
     return summary
@@ -252,10 +319,11 @@ def collect_sal(cfg: SALConfig) -> Dict[str, float]:
         if not path.exists():
             raise MissingInputError(f"{path} missing: run `python evaluate.py run_dir={d}` first.")
         s = json.loads(path.read_text())
-        if s.get("sal") is None:
-            log.warning("%s: no SAL (%s); left out of the comparison", path, s.get("not_computable", "not computed"))
+        value, why = _metric_of(s, getattr(a, "metric", "sal"), path)
+        if value is None:
+            log.warning("%s: no %s (%s); left out of the comparison", path, getattr(a, "metric", "sal"), why)
             continue
-        found[s["model"] if s.get("init", "pretrained") == "pretrained" else f"{s['model']}-{s['init']}"] = s["sal"]
+        found[s["model"] if s.get("init", "pretrained") == "pretrained" else f"{s['model']}-{s['init']}"] = value
     if a.sal_csv and not dirs:
         if a.sal_csv == "paper":
             found.update(load_paper_sal())
@@ -265,24 +333,43 @@ def collect_sal(cfg: SALConfig) -> Dict[str, float]:
     return found
 
 
+def _metric_of(summary: dict, metric: str, path: Path) -> tuple[float | None, str]:
+    """(value, why it is missing) of ``metric`` (sal | delta_sal) in one run's sal.json."""
+    if summary.get("sal") is None:
+        return None, summary.get("not_computable", "not computed")
+    if metric == "sal":
+        return summary["sal"], ""
+    delta = summary.get("delta_sal")
+    if delta is None:
+        raise MissingInputError(f"{path} has no ΔSAL: evaluate that run with evaluate.null_twin=<its null twin's "
+                                f"run> (made with control=null_twin), or compare with analysis.metric=sal.")
+    return delta["delta"], delta.get("not_computable", "")
+
+
 def run_compare(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
     from sal import analysis, plots
     from sal.report import write_compare_report
 
     sal_by_model = collect_sal(cfg)
+    metric = cfg.analysis.metric
+    if metric == "delta_sal" and any(v <= 0 for v in sal_by_model.values()):
+        raise ConfigError(f"ΔSAL <= 0 for {sorted(k for k, v in sal_by_model.items() if v <= 0)}: the fit "
+                          f"eps = exp(-alpha * s^beta) needs s > 0. Those models separate sound rules no better than "
+                          f"their null twins; leave them out of analysis.run_dirs or compare with analysis.metric=sal.")
     comp = analysis.compare(sal_by_model, accuracy=cfg.analysis.accuracy_csv,
                             accuracy_column=cfg.analysis.accuracy_column, benchmarks=cfg.analysis.benchmarks)
     out = run_dir / "compare"
     out.mkdir(parents=True, exist_ok=True)
-    summary = comp.summary()
+    summary = {**comp.summary(), "metric": metric}
     atomic.write_json(out / "compare.json", summary)
     comp.table.to_csv(out / "sal_vs_accuracy.csv", index=False)
     comp.spearman.to_csv(out / "spearman_table1.csv", index=False)
-    figures = {"fig4": plots.plot_sal_vs_accuracy(comp, out / "fig4_sal_vs_accuracy.png"),
+    label = "ΔSAL vs null twin" if metric == "delta_sal" else "SAL"
+    figures = {"fig4": plots.plot_sal_vs_accuracy(comp, out / "fig4_sal_vs_accuracy.png", label=label),
                "fig5": plots.plot_sal_scale_family(sal_by_model, out / "fig5_scale_family.png")}
-    report = write_compare_report(out / "report.md", comp, figures)
+    report = write_compare_report(out / "report.md", comp, figures, label=label)
     fit = comp.fit
-    print(f"[compare] {len(comp.table)} models: eps = exp(-alpha * SAL^beta), alpha = {fit.alpha:.3f}, "
+    print(f"[compare] {len(comp.table)} models, s = {label}: eps = exp(-alpha * s^beta), alpha = {fit.alpha:.3f}, "
           f"beta = {fit.beta:.3f}, R^2 = {fit.r2:.3f}, leave-one-out R^2 = {comp.loo.r2:.3f}")
     print(comp.spearman.to_string(index=False))
     print(f"[compare] report: {report}")
@@ -291,6 +378,31 @@ def run_compare(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
 
 # --------------------------------------------------------------------------- validate
 def run_validate(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
+    """SAL through real networks: tiny transformers trained on a language with planted
+    implications vs on the same text shuffled (sal.network_validation)."""
+    from sal import network_validation
+
+    net = cfg.analysis.network
+    out = run_dir / "validate"
+    figures_to = None
+    if net.figures_dir:
+        figures_to = Path(net.figures_dir)
+        if not figures_to.is_absolute():  # relative to the repository, not to Hydra's working directory
+            figures_to = Path(__file__).resolve().parents[2] / figures_to
+    summary = network_validation.run_network_validation(net, out, figures_to=figures_to)
+    table = pd.read_csv(out / "per_seed.csv")
+    print(network_validation.format_table(table))
+    verdict = "holds" if summary["ordering_holds_all_seeds"] else "does NOT hold"
+    print(f"[validate] sound > shuffled in SAL and delta-SAL on every seed: {verdict} ({summary['ordering']}); "
+          f"{summary['seconds']:.0f} s on CPU capability {summary['cpu_capability']}")
+    print(f"[validate] wrote {out / 'summary.json'}, figures {list(summary['figures'].values())}"
+          + (f", copied to {figures_to}" if figures_to else ""))
+    return summary
+
+
+def run_planted(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
+    """The planted-counts check: layer counts written in the rule counter's own form
+    (sal.synthetic), so it tests the counting-and-SAL plumbing, not the method."""
     from sal import plots, synthetic
     from sal.interpret import judge_rules
     from sal.judge import make_judge

@@ -145,4 +145,16 @@ def sal_step(cfg: SALConfig, run_dir: Path) -> Step:
                                               "empty_category", "human_labels", "min_rules_per_category",
                                               "categories", "n_case_studies", "seed")),
     }
+    twin = null_twin_dir(cfg, run_dir)
+    if twin is not None:
+        inputs["evaluate.null_twin"] = str(twin)
+        inputs["upstream.null_twin"] = recorded_digest(Step("SAL", twin / "sal.json", {}))
     return Step("SAL", run_dir / "sal.json", inputs)
+
+
+def null_twin_dir(cfg: SALConfig, run_dir: Path) -> Path | None:
+    """The run directory evaluate.null_twin names: a run name beside this run, or a path."""
+    name = cfg.evaluate.null_twin
+    if not name:
+        return None
+    return Path(name) if len(Path(name).parts) > 1 or name in (".", "..") else run_dir.parent / name

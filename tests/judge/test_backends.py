@@ -136,8 +136,10 @@ def brute_force_choice(model, tokenizer, prompt: str, prefix: str, choices: list
 
 @pytest.mark.parametrize("calibrate", [True, False])
 def test_hf_local_labels_by_loglik_and_caches(tmp_path, tiny_lm, char_tokenizer, calibrate):
+    # hf_dtype as the tiny model's: the judge that loads nothing keys its cache by the dtype its
+    # loader would use, and `auto` is bfloat16 on a CPU with native bf16.
     cfg = JudgeConfig(backend="hf_local", cache_dir=str(tmp_path / "cache"), hf_max_new_tokens=6,
-                      hf_calibrate=calibrate)
+                      hf_calibrate=calibrate, hf_dtype="float32")
     judge = make_judge(cfg, model=tiny_lm, tokenizer=char_tokenizer)
     spans = [span("x = ", "3"), span("y = ", "4")]
     items = [rule_item(i, -1, i + 1, [f"premise number {i}"], f"conclusion {i}") for i in range(3)]

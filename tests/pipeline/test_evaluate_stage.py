@@ -119,3 +119,66 @@ def test_compare_leaves_out_runs_without_sal(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="sal"):
         assert collect_sal(cfg) == {"m1": 0.3}
     assert "too few rules" in caplog.text
+
+
+def test_compare_can_rank_by_the_gain_over_the_null_twin(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from sal.errors import MissingInputError
+    from sal.pipeline.evaluate import collect_sal
+
+    for name, sal, delta in (("m1", 0.3, 0.2), ("m2", 0.4, None)):
+        d = tmp_path / name
+        d.mkdir()
+        summary = {"model": name, "init": "pretrained", "sal": sal}
+        if delta is not None:
+            summary["delta_sal"] = {"delta": delta, "ci": [0.1, 0.3], "p_value": 0.01}
+        (d / "sal.json").write_text(json.dumps(summary))
+    analysis = SimpleNamespace(run_dirs=[str(tmp_path / "m1")], multirun_dir=None, sal_csv=None, metric="delta_sal")
+    assert collect_sal(SimpleNamespace(analysis=analysis)) == {"m1": 0.2}
+    analysis.metric = "sal"
+    assert collect_sal(SimpleNamespace(analysis=analysis)) == {"m1": 0.3}
+    analysis.run_dirs.append(str(tmp_path / "m2"))
+    analysis.metric = "delta_sal"
+    with pytest.raises(MissingInputError, match=r"m2/sal.json has no ΔSAL: evaluate that run with evaluate.null_twin"):
+        collect_sal(SimpleNamespace(analysis=analysis))
+
+
+def _cfg_with_twin(null_twin):
+    from sal.config.schema import SALConfig
+
+    cfg = SALConfig()
+    cfg.evaluate.null_twin = null_twin
+    return cfg
+
+
+def test_the_null_twin_is_named_beside_the_run_or_by_path_and_must_be_evaluated(tmp_path):
+    from sal.errors import ConfigError, MissingInputError
+    from sal.pipeline.evaluate import check_null_twin
+    from sal.pipeline.steps import null_twin_dir
+
+    run_dir = tmp_path / "model" / "default"
+    assert null_twin_dir(_cfg_with_twin(None), run_dir) is None
+    assert null_twin_dir(_cfg_with_twin("null_model"), run_dir) == tmp_path / "model" / "null_model"
+    assert null_twin_dir(_cfg_with_twin(str(tmp_path / "x" / "twin")), run_dir) == tmp_path / "x" / "twin"
+    with pytest.raises(MissingInputError, match=r"evaluate the null twin first.*control=null_twin"):
+        check_null_twin(_cfg_with_twin("null_model"), run_dir)
+    with pytest.raises(ConfigError, match="names this run itself"):
+        check_null_twin(_cfg_with_twin("default"), run_dir)
+
+
+def test_the_sal_step_is_stale_when_the_null_twin_is_evaluated_again(tmp_path):
+    import json
+
+    from sal.pipeline.steps import sal_step
+
+    run_dir, twin = tmp_path / "default", tmp_path / "null_model"
+    twin.mkdir()
+    (twin / "sal.json").write_text("{}")
+    (twin / "sal.fingerprint.json").write_text(json.dumps({"digest": "first"}))
+    cfg = _cfg_with_twin("null_model")
+    first = sal_step(cfg, run_dir).digest
+    assert sal_step(_cfg_with_twin(None), run_dir).digest != first
+    (twin / "sal.fingerprint.json").write_text(json.dumps({"digest": "second"}))
+    assert sal_step(cfg, run_dir).digest != first

@@ -1,0 +1,209 @@
+"""Validation through real networks: the synthetic language's ground truth, the ground-truth
+judge, and (small size) the claim that a network trained on sound text gets a higher SAL and
+delta-SAL than its twin trained on the same text shuffled."""
+
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sal import language_world as lw
+from sal import network_validation as nv
+from sal.config.validation import NetworkValidationConfig
+
+LANG_CFG = NetworkValidationConfig(n_relations_per_kind=4, words_per_concept=3)
+
+
+@pytest.fixture(scope="module")
+def language():
+    lang = lw.make_language(LANG_CFG, seed=3)
+    return lang, lw.generate_corpus(lang, n_docs=1500, doc_len=48, seed=7)
+
+
+# --------------------------------------------------------------------------- the generator
+def test_ground_truth_holds_in_the_text(language):
+    lang, corpus = language
+    freq = lw.conditional_frequencies(lang, corpus)
+    assert (freq.n_triggers >= 150).all(), freq
+    strict, plausible, no = (freq[freq.kind == k] for k in lw.KINDS)
+    assert (strict.p_next == 1.0).all()
+    # Plausible: the measured rate is a binomial estimate of the planted strength (4 sigma).
+    sigma = np.sqrt(plausible.strength * (1 - plausible.strength) / plausible.n_triggers)
+    assert (np.abs(plausible.p_next - plausible.strength) < 4 * sigma).all(), plausible
+    assert plausible.strength.between(*LANG_CFG.plausible_strength).all()
+    # No: the conclusion keeps its base rate after the premises.
+    base = no.strength.iloc[0]
+    assert base < 0.02 and (no.p_next < base + 0.02).all(), no
+
+
+def test_relations_use_disjoint_concepts_and_both_arities(language):
+    lang, _ = language
+    rel = lang.relations
+    used = [c for p, q in zip(rel.premises, rel.conclusion) for c in (*p, q)]
+    assert len(used) == len(set(used))
+    assert set(rel.premises.map(len)) == {1, 2}
+    assert (rel.groupby("kind").size() == LANG_CFG.n_relations_per_kind).all()
+    words = [w for ws in lang.concept_words for w in ws]
+    assert len(words) == len(set(words)) and not set(words) & set(lang.filler_words)
+
+
+def test_generator_is_seeded_and_deterministic(language):
+    lang, corpus = language
+    again = lw.generate_corpus(lw.make_language(LANG_CFG, seed=3), n_docs=1500, doc_len=48, seed=7)
+    assert again.texts() == corpus.texts()
+    other = lw.generate_corpus(lang, n_docs=1500, doc_len=48, seed=8)
+    assert other.texts() != corpus.texts()
+
+
+def test_shuffling_keeps_unigram_counts_and_breaks_the_implications(language):
+    lang, corpus = language
+    shuffled = lw.shuffle_documents(corpus, seed=0)
+    for a, b in zip(corpus.words, shuffled.words):
+        assert Counter(a) == Counter(b)
+    assert sum(a != b for a, b in zip(corpus.words, shuffled.words)) > 0.99 * len(corpus.words)
+    # Recount the triggers in the shuffled order: strict conclusions no longer follow.
+    tables = lw._tables(lang)
+    recounted = lw.Corpus(shuffled.words, shuffled.concepts,
+                          [np.array([lw._completed(tables, int(c[t - 1]) if t else lw.FILLER, int(c[t]))
+                                     for t in range(len(c))]) for c in shuffled.concepts])
+    freq = lw.conditional_frequencies(lang, recounted)
+    assert (freq[freq.kind == "Strict"].p_next < 0.2).all(), freq
+
+
+def test_rule_set_prefixes_end_at_premises(language):
+    lang, corpus = language
+    prefixes = lw.rule_set_prefixes(lang, corpus, trigger_fraction=1.0, seed=0)
+    concept_of = lang.concept_of_word()
+    premise_concepts = {c for p in lang.relations.premises for c in p}
+    assert all(concept_of[p.split()[-1]] in premise_concepts for p in prefixes)
+    assert len(prefixes) == len(corpus.words)
+
+
+def test_word_tokenizer_gives_one_token_per_word_after_bos(language):
+    lang, corpus = language
+    tok = nv.word_tokenizer(lang.vocabulary)
+    text = corpus.texts()[0]
+    ids = tok(text)["input_ids"]
+    assert ids[0] == tok.bos_token_id and len(ids) == 1 + len(text.split())
+    assert tok.convert_ids_to_tokens(ids[1:]) == text.split()
+
+
+# --------------------------------------------------------------------------- the ground-truth judge
+def test_feature_concept_mapping_on_a_hand_built_case():
+    # 8 positions; concepts at offsets (-1, 0, +1); filler is -1.
+    concepts_NO = torch.tensor([
+        [-1, 3, 5], [3, 3, -1], [-1, 3, 5], [7, 3, 5],   # the word is concept 3 (then often 5)
+        [2, 4, 5], [4, 6, 5], [9, 8, 5], [-1, -1, -1],    # next word is concept 5, word varies
+    ])
+    feats_NC = torch.zeros(8, 5)
+    feats_NC[0:4, 0] = torch.tensor([1.0, 2.0, 3.0, 4.0])   # on concept 3 words
+    feats_NC[[0, 2, 3, 4, 5, 6], 1] = 1.0                     # before concept 5 words
+    feats_NC[7, 2] = 5.0                                      # on filler only
+    feats_NC[[1, 4, 7], 3] = 1.0                              # mixed: a third at best, any offset
+    # feature 4 never fires
+    out = nv.map_features_to_concepts(feats_NC, concepts_NO, offsets=[-1, 0, 1], top_k=6, min_purity=0.6)
+    got = dict(zip(out.feature, zip(out.concept, out.offset)))
+    assert got[0] == (3, 0)  # offset 0 wins over the 3/4 share of concept 5 next
+    assert got[1] == (5, 1)
+    assert got[2][0] == lw.FILLER and got[3][0] == lw.FILLER and got[4][0] == lw.FILLER
+    assert out.set_index("feature").n_active.to_dict() == {0: 4, 1: 6, 2: 1, 3: 3, 4: 0}
+
+
+def _toy_language():
+    relations = pd.DataFrame([
+        dict(relation=0, kind="Strict", premises=(0, 1), conclusion=2, strength=1.0),
+        dict(relation=1, kind="Plausible", premises=(3,), conclusion=4, strength=0.7),
+        dict(relation=2, kind="No", premises=(5,), conclusion=6, strength=0.01),
+    ])
+    words = [[f"c{c}"] for c in range(8)]  # concept 7: background
+    return lw.Language(relations, words, ["f0"], 0.3, 0.1)
+
+
+def test_label_rules_applies_the_stated_policy():
+    lang = _toy_language()
+    # feature f names concept f (feature 9 is unexplained)
+    fc = {f: f for f in range(8)} | {9: lw.FILLER}
+    rules = pd.DataFrame([
+        (0, 1, 2), (1, 0, 2),   # A and B -> C: Strict
+        (3, -1, 4),             # Plausible
+        (3, 7, 4),              # superset of the premises: still Plausible
+        (5, -1, 6),             # planted No
+        (0, -1, 2),             # part of the premises: left out
+        (2, -1, 0),             # converse: left out
+        (0, -1, 0),             # restatement: left out
+        (9, -1, 2),             # unexplained feature: left out
+        (7, -1, 4), (3, -1, 6), # unrelated concepts: No
+    ], columns=["p1", "p2", "q"])
+    labels = nv.label_rules(rules, fc, lang, unplanted="no")
+    got = {(r.p1, r.p2, r.q): r.category for r in labels.itertuples()}
+    assert got == {(0, 1, 2): "Strict", (1, 0, 2): "Strict", (3, -1, 4): "Plausible", (3, 7, 4): "Plausible",
+                   (5, -1, 6): "No", (7, -1, 4): "No", (3, -1, 6): "No"}
+    planted_only = nv.label_rules(rules, fc, lang, unplanted="drop")
+    assert set(planted_only.category) == {"Strict", "Plausible", "No"} and len(planted_only) == 5
+
+
+def test_cofiring_probs_ignore_the_layer_order():
+    import scipy.sparse as sp
+
+    # 4 samples x 3 features: feature 0 fires in all; 1 in samples 0-2; 2 in sample 0 (more layers than 0)
+    counts = sp.csr_matrix(np.array([[2, 1, 3], [1, 1, 0], [1, 2, 0], [1, 0, 0]]))
+    rules = pd.DataFrame({"p1": [0, 0, 0], "p2": [-1, -1, 1], "q": [1, 2, 2]})
+    got = nv.cofiring_probs(rules, counts, beta=1.0)
+    np.testing.assert_allclose(got, [(3 + 1) / (4 + 2), (1 + 1) / (4 + 2), (1 + 1) / (3 + 2)])
+
+
+def test_config_rejects_bad_values_readably():
+    NetworkValidationConfig().validate()
+    with pytest.raises(ValueError, match="analysis.network.plausible_strength"):
+        NetworkValidationConfig(plausible_strength=[0.6, 1.0]).validate()
+    with pytest.raises(ValueError, match="analysis.network.d_model=30 is not divisible"):
+        NetworkValidationConfig(d_model=30, n_heads=4).validate()
+    with pytest.raises(ValueError, match="analysis.network.unplanted"):
+        NetworkValidationConfig(unplanted="maybe").validate()
+
+
+# --------------------------------------------------------------------------- the claim, small size
+SMALL = NetworkValidationConfig(
+    seeds=[0, 1, 2], n_layers=2, d_model=32, doc_len=32, n_train_docs=800, train_steps=250, batch_docs=16,
+    n_heldout_docs=100, n_activation_docs=80, n_mapping_docs=150, n_rule_samples=400, crosscoder_steps=300,
+    n_features=128, n_bootstrap=200, n_permutations=200, figures_dir="")
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("network_validation")
+    return nv.run_network_validation(SMALL, out), out
+
+
+def test_networks_learn_the_language(small_run):
+    summary, _ = small_run
+    table = pd.DataFrame(summary["per_seed"]).set_index(["seed", "network"])
+    for seed in SMALL.seeds:
+        sound, shuffled = table.loc[(seed, "sound")], table.loc[(seed, "shuffled")]
+        assert sound.heldout_loss < shuffled.heldout_loss
+        assert sound.p_conclusion_Strict > 0.6 > 0.2 > shuffled.p_conclusion_Strict
+
+
+def test_outputs_are_written(small_run):
+    summary, out = small_run
+    assert (out / "summary.json").exists() and (out / "per_seed.csv").exists()
+    for seed in SMALL.seeds:
+        assert (out / f"seed_{seed}" / "summary.csv").exists()
+    for path in summary["figures"].values():
+        assert path.endswith(".png") and (out / path.split("/")[-1]).exists()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Finding, not a bug (docs/validation.md): the networks learn the implications, but with layer-local "
+    "causal-crosscoder features (~95% of layer counts are 1) the counter's a_p > a_q rarely holds, SAL stays "
+    "below 0.03 bits for every network, and the shuffled network's few labelled rules inflate its SAL. "
+    "strict: if the ordering starts to hold, this test fails so the write-up gets revisited."))
+def test_sound_text_gives_higher_sal_and_delta_sal_than_shuffled(small_run):
+    summary, _ = small_run
+    for seed, verdict in summary["ordering"].items():
+        assert not verdict["not_computable"], f"seed {seed}: {verdict['not_computable']} could not be computed"
+        assert verdict["sal"], f"seed {seed}: SAL(sound) <= SAL(shuffled)"
+        assert verdict["delta_sal"], f"seed {seed}: delta-SAL(sound) <= delta-SAL(shuffled)"
