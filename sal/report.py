@@ -100,13 +100,13 @@ def write_compare_report(path: Path, comp, figures: Mapping[str, Path], label: s
     path = Path(path)
     fit, loo = comp.fit, comp.loo
     table = comp.table.copy()
-    table["loo_prediction"] = loo.predictions
+    table["loo_prediction"] = loo.predictions if loo is not None else np.nan
     parts = [
         f"# {label} vs post-RL performance\n",
         *([f"The `sal` column holds {label}: each model's SAL minus its null twin's.\n"] if label != "SAL" else []),
         f"Fit of eps = exp(-alpha * s^beta), s = {label}, on the error rate ({comp.accuracy_column}): "
-        f"**alpha = {fit.alpha:.3f}, beta = {fit.beta:.3f}, R^2 = {fit.r2:.3f}**; "
-        f"leave-one-out R^2 = {loo.r2:.3f}.\n",
+        f"**alpha = {fit.alpha:.3f}, beta = {fit.beta:.3f}, R^2 = {fit.r2:.3f}**; " +
+        (f"leave-one-out R^2 = {loo.r2:.3f}.\n" if loo is not None else "no leave-one-out fit (it needs 4 models).\n"),
         _md_table(table.round(4)),
         "\n## Spearman correlation (Table 1 layout)\n",
         _md_table(comp.spearman),

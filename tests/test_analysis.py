@@ -126,3 +126,15 @@ def test_figures_4_and_5_are_written(tmp_path):
         plots.plot_sal_scale_family(ref, tmp_path / "fig5.png"),
     ):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_three_model_comparison_reports_without_a_leave_one_out_fit(tmp_path):
+    from sal.report import write_compare_report
+
+    three = dict(list(analysis.load_paper_sal().items())[:3])
+    comp = compare(three)
+    assert comp.loo is None
+    figures = {"fig4": plots.plot_sal_vs_accuracy(comp, tmp_path / "fig4.png"),
+               "fig5": plots.plot_sal_scale_family(three, tmp_path / "fig5.png")}
+    text = write_compare_report(tmp_path / "report.md", comp, figures).read_text()
+    assert "no leave-one-out fit (it needs 4 models)" in text and f"R^2 = {comp.fit.r2:.3f}" in text

@@ -370,7 +370,7 @@ def run_compare(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
     report = write_compare_report(out / "report.md", comp, figures, label=label)
     fit = comp.fit
     print(f"[compare] {len(comp.table)} models, s = {label}: eps = exp(-alpha * s^beta), alpha = {fit.alpha:.3f}, "
-          f"beta = {fit.beta:.3f}, R^2 = {fit.r2:.3f}, leave-one-out R^2 = {comp.loo.r2:.3f}")
+          f"beta = {fit.beta:.3f}, R^2 = {fit.r2:.3f}, leave-one-out R^2 = " + (f"{comp.loo.r2:.3f}" if comp.loo is not None else "n/a (3 models)"))
     print(comp.spearman.to_string(index=False))
     print(f"[compare] report: {report}")
     return summary
