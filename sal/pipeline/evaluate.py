@@ -80,24 +80,36 @@ def enforce_min_rules(probs: Dict[str, np.ndarray], min_rules: int, policy: str)
     return {k: (v[:0] if k in thin else v) for k, v in probs.items()}
 
 
-def judged_probs(run_dir: Path, ev: dict) -> Dict[str, np.ndarray]:
-    """A run's judged sample as rule probabilities by category, with categories under
+def answered_rules(run_dir: Path) -> pd.DataFrame:
+    """A run's judged sample, the rules the judge labelled (judge_status ok)."""
+    labelled = pd.read_parquet(Path(run_dir) / "evaluate" / "labelled_rules.parquet")
+    return labelled[labelled.judge_status == "ok"]
+
+
+def sample_probs(answered: pd.DataFrame, ev: dict) -> Dict[str, np.ndarray]:
+    """Labelled rules as rule probabilities by category, with categories under
     ``ev["min_rules_per_category"]`` emptied (``ev``: the evaluate settings, as a dict)."""
     from sal import metrics
 
-    labelled = pd.read_parquet(Path(run_dir) / "evaluate" / "labelled_rules.parquet")
-    by_category = metrics.probs_by_category_from_frame(labelled[labelled.judge_status == "ok"],
-                                                       categories=ev["categories"])
+    by_category = metrics.probs_by_category_from_frame(answered, categories=ev["categories"])
     return enforce_min_rules(by_category, ev["min_rules_per_category"], "drop")
 
 
-def delta_to_null_twin(model_probs: Dict[str, np.ndarray], null_dir: Path, ev: dict) -> dict:
+def judged_probs(run_dir: Path, ev: dict) -> Dict[str, np.ndarray]:
+    """A run's judged sample as ``sample_probs``."""
+    return sample_probs(answered_rules(run_dir), ev)
+
+
+def delta_to_null_twin(model_probs: Dict[str, np.ndarray], null_dir: Path, ev: dict,
+                       null_probs: Dict[str, np.ndarray] | None = None) -> dict:
     """ΔSAL = SAL(model) - SAL(null twin) with its bootstrap CI and one-sided p-value
-    (sal.metrics.delta_sal), both sides under the model run's evaluate settings ``ev``;
+    (sal.metrics.delta_sal), both sides under the model run's evaluate settings ``ev``
+    (``null_probs``: the twin's judged sample when the caller has read it already);
     {"delta": None, "not_computable": why} when a side has fewer than two categories."""
     from sal import metrics
 
-    null_probs = judged_probs(null_dir, ev)
+    if null_probs is None:
+        null_probs = judged_probs(null_dir, ev)
     try:
         d = metrics.delta_sal(model_probs, null_probs, bins=ev["bins"], n_bootstrap=ev["n_bootstrap"],
                               n_permutations=ev["n_permutations"], ci_level=ev["ci_level"], seed=ev["seed"])
@@ -319,9 +331,9 @@ def collect_sal(cfg: SALConfig) -> Dict[str, float]:
         if not path.exists():
             raise MissingInputError(f"{path} missing: run `python evaluate.py run_dir={d}` first.")
         s = json.loads(path.read_text())
-        value, why = _metric_of(s, getattr(a, "metric", "sal"), path)
+        value, why = _metric_of(s, a.metric, path)
         if value is None:
-            log.warning("%s: no %s (%s); left out of the comparison", path, getattr(a, "metric", "sal"), why)
+            log.warning("%s: no %s (%s); left out of the comparison", path, a.metric, why)
             continue
         found[s["model"] if s.get("init", "pretrained") == "pretrained" else f"{s['model']}-{s['init']}"] = value
     if a.sal_csv and not dirs:

@@ -98,35 +98,29 @@ def run_sweeps(plan: list[tuple[str, list[str]]], out: Path) -> None:
                                 f"are kept.")
 
 
-def _read(run_dir: Path, ev: dict) -> tuple[dict, pd.DataFrame]:
+def _read(run_dir: Path) -> tuple[dict, pd.DataFrame]:
+    """A sweep job's sal.json and its judged sample's answered rules."""
+    from sal.pipeline.evaluate import answered_rules
+
     path = run_dir / "sal.json"
     if not path.exists():
         raise MissingInputError(f"{path} missing: the sweep did not finish; run the same command again.")
-    labelled = pd.read_parquet(run_dir / "evaluate" / "labelled_rules.parquet")
-    return json.loads(path.read_text()), labelled[labelled.judge_status == "ok"]
-
-
-def _probs(labelled: pd.DataFrame, ev: dict) -> dict:
-    from sal import metrics
-    from sal.pipeline.evaluate import enforce_min_rules
-
-    by_category = metrics.probs_by_category_from_frame(labelled, categories=ev["categories"])
-    return enforce_min_rules(by_category, ev["min_rules_per_category"], "drop")
+    return json.loads(path.read_text()), answered_rules(run_dir)
 
 
 def seed_table(cfg: SALConfig, runs_dir: Path) -> tuple[pd.DataFrame, dict, dict, dict]:
     """Per seed: SAL, its CI, ΔSAL, its CI and p; the SAL and ΔSAL spreads; the judged samples."""
     from sal import robustness
-    from sal.pipeline.evaluate import delta_to_null_twin
+    from sal.pipeline.evaluate import delta_to_null_twin, sample_probs
 
     ev = dataclasses.asdict(cfg.evaluate)
     rows, sal_reps, delta_reps, samples = [], [], [], {"model": [], "null": []}
     for k in cfg.analysis.robustness.seeds:
-        summary, labelled = _read(runs_dir / f"seed{k}", ev)
+        summary, labelled = _read(runs_dir / f"seed{k}")
         samples["model"].append(labelled)
         row = {"seed": k, "sal": summary.get("sal"), "ci_low": (summary.get("ci") or [None])[0],
                "ci_high": (summary.get("ci") or [None, None])[1], "p_value": summary.get("p_value")}
-        probs = _probs(labelled, ev)
+        probs = sample_probs(labelled, ev)
         try:
             point, reps = robustness.sal_and_replicates(probs, ev["bins"], ev["n_bootstrap"], ev["seed"])
             sal_reps.append((point, reps))
@@ -134,13 +128,13 @@ def seed_table(cfg: SALConfig, runs_dir: Path) -> tuple[pd.DataFrame, dict, dict
             log.warning("seed %s: SAL not computable; left out of the spread", k)
         if cfg.analysis.robustness.null_twin:
             null_dir = runs_dir / f"seed{k}_null"
-            samples["null"].append(_read(null_dir, ev)[1])
-            d = delta_to_null_twin(probs, null_dir, ev)
+            samples["null"].append(_read(null_dir)[1])
+            null_probs = sample_probs(samples["null"][-1], ev)
+            d = delta_to_null_twin(probs, null_dir, ev, null_probs)
             row |= {"delta": d["delta"], "delta_ci_low": (d.get("ci") or [None])[0],
                     "delta_ci_high": (d.get("ci") or [None, None])[1], "delta_p_value": d.get("p_value")}
             if d["delta"] is not None:
-                null_point, null_reps = robustness.sal_and_replicates(
-                    _probs(samples["null"][-1], ev), ev["bins"], ev["n_bootstrap"], ev["seed"] + 1)
+                _, null_reps = robustness.sal_and_replicates(null_probs, ev["bins"], ev["n_bootstrap"], ev["seed"] + 1)
                 delta_reps.append((d["delta"], reps - null_reps))
         rows.append(row)
     spreads = {name: robustness.seed_spread([p for p, _ in reps], [r for _, r in reps], ev["ci_level"]).to_dict()
@@ -152,15 +146,16 @@ def sensitivity_table(cfg: SALConfig, runs_dir: Path, samples: dict, ev: dict) -
     """SAL and ΔSAL against bins and the judged sample's minimum premise count (the seeds'
     runs), and against target_l0 and C (the first seed's runs at other settings)."""
     from sal import robustness
+    from sal.pipeline.evaluate import sample_probs
 
     r = cfg.analysis.robustness
     with_null = r.null_twin and bool(samples["null"])
-    model = [_probs(s, ev) for s in samples["model"]]
-    null = [_probs(s, ev) for s in samples["null"]] if with_null else None
+    model = [sample_probs(s, ev) for s in samples["model"]]
+    null = [sample_probs(s, ev) for s in samples["null"]] if with_null else None
     rows = robustness.sensitivity_rows("bins", r.bins, [model] * len(r.bins), [null] * len(r.bins) if with_null
                                        else None, list(r.bins))
     floor = cfg.rules.min_premise_count
-    restrict = lambda frames, m: [_probs(robustness.with_min_premise_count(f, m), ev) for f in frames]  # noqa: E731
+    restrict = lambda frames, m: [sample_probs(robustness.with_min_premise_count(f, m), ev) for f in frames]  # noqa: E731
     rows += robustness.sensitivity_rows(
         "min_premise_count", r.min_premise_counts, [restrict(samples["model"], m) for m in r.min_premise_counts],
         [restrict(samples["null"], m) for m in r.min_premise_counts] if with_null else None, ev["bins"],
@@ -174,8 +169,8 @@ def sensitivity_table(cfg: SALConfig, runs_dir: Path, samples: dict, ev: dict) -
                 values.append(v), m_probs.append(model), n_probs.append(null), notes.append("base (all seeds)")
                 continue
             values.append(v), notes.append(f"seed {r.seeds[0]}")
-            m_probs.append([_probs(_read(runs_dir / f"{s.tag}{v}", ev)[1], ev)])
-            n_probs.append([_probs(_read(runs_dir / f"{s.tag}{v}_null", ev)[1], ev)] if with_null else None)
+            m_probs.append([sample_probs(_read(runs_dir / f"{s.tag}{v}")[1], ev)])
+            n_probs.append([sample_probs(_read(runs_dir / f"{s.tag}{v}_null")[1], ev)] if with_null else None)
         rows += robustness.sensitivity_rows(s.key.split(".")[-1], values, m_probs, n_probs if with_null else None,
                                             ev["bins"], notes=notes)
     return pd.DataFrame(rows)

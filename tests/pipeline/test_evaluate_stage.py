@@ -115,7 +115,7 @@ def test_compare_leaves_out_runs_without_sal(tmp_path, caplog):
         (d / "sal.json").write_text(json.dumps({"model": name, "init": "pretrained", "sal": sal,
                                                 "not_computable": "too few rules"}))
     cfg = SimpleNamespace(analysis=SimpleNamespace(run_dirs=[str(tmp_path / "m1"), str(tmp_path / "m2")],
-                                                   multirun_dir=None, sal_csv=None, sal_source=None))
+                                                   multirun_dir=None, sal_csv=None, sal_source=None, metric="sal"))
     with caplog.at_level("WARNING", logger="sal"):
         assert collect_sal(cfg) == {"m1": 0.3}
     assert "too few rules" in caplog.text
