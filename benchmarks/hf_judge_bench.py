@@ -88,7 +88,7 @@ def write_fixture(run_dir: Path, n_per_arity: int) -> None:
     the labels the legacy scorer gives them in float32."""
     import pandas as pd
 
-    from sal.pipeline.evaluate import sample_rules
+    from sal.pipeline.analyses.single import sample_rules
 
     rules = pd.read_parquet(run_dir / "rules" / "rules.parquet")
     expl = pd.read_parquet(run_dir / "features" / "explanations.parquet")

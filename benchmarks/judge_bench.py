@@ -57,13 +57,13 @@ def main() -> None:
         ideal = args.n * args.latency / args.concurrency
         print(f"judgments: {args.n}  latency: {args.latency * 1000:.0f} ms  concurrency: {args.concurrency}  "
               f"stream: {not args.no_stream}")
-        print(f"labelled: {ok}/{args.n}  requests: {judge.report.n_requests}")
+        print(f"labelled: {ok}/{args.n}  requests: {judge.tally.n_requests}")
         ratio = wall / ideal if ideal else float("inf")
         print(f"wall time: {wall:.3f} s  ideal: {ideal:.3f} s  ratio: {ratio:.2f}  (target <= 2)")
         print(f"throughput: {args.n / wall:.0f} judgments/s")
-        print(f"cached rerun: {wall_cached:.3f} s, requests sent: {again.report.n_requests}, "
+        print(f"cached rerun: {wall_cached:.3f} s, requests sent: {again.tally.n_requests}, "
               f"labels identical: {[r.label for r in cached] == [r.label for r in results]}")
-        print(judge.report.summary())
+        print(judge.tally.summary())
     finally:
         server.terminate()
         server.wait(10)

@@ -25,7 +25,7 @@ def debugging() -> bool:
     return any(os.environ.get(var, "").strip() not in ("", "0") for var in ("HYDRA_FULL_ERROR", "SAL_DEBUG"))
 
 
-def report(err: UserError, stage: str) -> None:
+def print_user_error(err: UserError, stage: str) -> None:
     print(f"{stage}: error: {err}", file=sys.stderr, flush=True)
 
 
@@ -48,7 +48,7 @@ def user_errors(stage: str) -> Iterator[None]:
     except UserError as err:
         if debugging():
             raise
-        report(err, stage)
+        print_user_error(err, stage)
         sys.exit(EXIT_USER_ERROR)
 
 

@@ -19,11 +19,11 @@ scalar ``s_l`` makes ``E ||x_norm^l||^2 = D`` (estimated once before training, s
 :func:`estimate_activation_scales`; stored in the ``act_scale`` buffer and in config.json).
 A user applies them like this::
 
-    cc = Crosscoder.from_pretrained("run/crosscoder")
-    feats_BLC = cc.encode(cc.normalise(acts_BLD))        # features of raw activations
-    recon_BLD = cc.denormalise(cc.decode(feats_BLC))     # reconstruction in raw units
+    crosscoder = Crosscoder.from_pretrained("run/crosscoder")
+    feats_BLC = crosscoder.encode(crosscoder.normalise(acts_BLD))        # features of raw activations
+    recon_BLD = crosscoder.denormalise(crosscoder.decode(feats_BLC))     # reconstruction in raw units
 
-or simply ``cc.features(acts_BLD)``. ``save_pretrained(..., fold_scales=True)`` folds the
+or simply ``crosscoder.features(acts_BLD)``. ``save_pretrained(..., fold_scales=True)`` folds the
 scales into the exported encoder (``W_enc^l <- s_l W_enc^l``), so the exported encoder reads
 raw activations directly; ``normalise`` then becomes the identity (config.json records
 ``scales_folded``). The decoder cannot absorb them: a source layer's decoder vector is
@@ -43,9 +43,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-DECODER_NORMS = ("l2", "l1")
-MSE_REDUCTIONS = ("sum", "mean")
-ARCHS = ("relu", "topk")
+from sal.config.choices import Arch, DecoderNorm, MseReduction
+
 FORMAT_VERSION = 1
 
 
@@ -118,10 +117,10 @@ class Crosscoder(nn.Module):
         mse_reduction: str = "sum",
     ) -> None:
         super().__init__()
-        if decoder_norm not in DECODER_NORMS:
-            raise ValueError(f"decoder_norm={decoder_norm!r}: choose one of {DECODER_NORMS}.")
-        if mse_reduction not in MSE_REDUCTIONS:
-            raise ValueError(f"mse_reduction={mse_reduction!r}: choose one of {MSE_REDUCTIONS}.")
+        if decoder_norm not in list(DecoderNorm):
+            raise ValueError(f"decoder_norm={decoder_norm!r}: choose one of {', '.join(DecoderNorm)}.")
+        if mse_reduction not in list(MseReduction):
+            raise ValueError(f"mse_reduction={mse_reduction!r}: choose one of {', '.join(MseReduction)}.")
         self.mse_reduction = mse_reduction
         for name, value in (("n_layers", n_layers), ("d_model", d_model), ("n_features", n_features)):
             if int(value) < 1:
@@ -323,8 +322,8 @@ class Crosscoder(nn.Module):
 
         cfg = cls.load_config(path)
         arch = cfg.get("arch", "relu")
-        if arch not in ARCHS:
-            raise ValueError(f"{path}/config.json has arch={arch!r}; this sal knows {ARCHS}.")
+        if arch not in list(Arch):
+            raise ValueError(f"{path}/config.json has arch={arch!r}; this sal knows {', '.join(Arch)}.")
         klass = TopKCrosscoder if arch == "topk" else Crosscoder
         model = klass._from_config_dict(cfg)
         state = load_file(str(Path(path) / "model.safetensors"))
@@ -500,7 +499,7 @@ def build_crosscoder(cfg, n_layers: int, d_model: int, seed: int | None = 0) -> 
         return TopKCrosscoder(n_layers, d_model, cfg.n_features, k=cfg.k, topk_mode=cfg.topk_mode, aux_k=cfg.aux_k,
                               aux_coef=cfg.aux_coef, decoder_norm=cfg.decoder_norm,
                               init_decoder_norm=cfg.init_decoder_norm, seed=seed)
-    raise ValueError(f"crosscoder.arch={cfg.arch!r}: choose one of {ARCHS}.")
+    raise ValueError(f"crosscoder.arch={cfg.arch!r}: choose one of {', '.join(Arch)}.")
 
 
 def flops_per_token(n_layers: int, d_model: int, n_features: int, backward: bool = True,

@@ -65,7 +65,7 @@ def _run_name(overrides: list[str]) -> str:
 def main(argv: list[str]) -> int:
     os.environ.update(OFFLINE_ENV)
     started = time.perf_counter()
-    from sal.report import format_timings, write_demo_report
+    from sal.demo_report import format_timings, write_demo_report
 
     print(f"[demo] {hardware_line()}", flush=True)
     def last(key: str, default: str) -> str:

@@ -12,7 +12,7 @@ from typing import Iterator, NamedTuple, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from sal.activations import residual_stream, special_token_ids, valid_token_mask
+from sal.activations import forward_batches, valid_activations
 from sal.faults import kill_point
 
 
@@ -44,37 +44,32 @@ def feature_pass(
     these documents by (document, position), saved while training; a batch whose valid
     positions it all holds skips the subject model."""
     device = next(crosscoder.parameters()).device
-    special = special_token_ids(tokenizer)
-    tokenizer.padding_side = "right"
-    for start in tqdm(range(0, len(texts), batch_docs), desc=desc, unit="batch",
-                      total=(len(texts) + batch_docs - 1) // batch_docs):
-        chunk = list(texts[start:start + batch_docs])
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_seq_len)
-        ids = enc["input_ids"].to(model.device)
-        attn = enc["attention_mask"].to(model.device)
-        mask_BT = valid_token_mask(ids, attn, special)
-        B, T = ids.shape
-        acts_NLD = _cached_rows(cached, start, mask_BT.cpu()) if cached is not None else None
+    # In document order (sort_window=None): consumers read the results by document.
+    batches = forward_batches(tokenizer, texts, max_seq_len, batch_docs)
+    for batch in tqdm(batches, desc=desc, unit="batch", total=-(-len(texts) // batch_docs)):
+        mask_BT = batch.valid_BT
+        B, T = mask_BT.shape
+        acts_NLD = _cached_rows(cached, batch.docs_B, mask_BT) if cached is not None else None
         if acts_NLD is None:
-            acts_NLD = residual_stream(model, ids, attn, layers)[mask_BT]
+            acts_NLD = valid_activations(model, batch, layers)
         with torch.no_grad():
             feats_NLC = crosscoder.features(acts_NLD.to(device=device, dtype=crosscoder.W_enc.dtype))
         L = feats_NLC.shape[1]
         feats_BTLC = feats_NLC.new_zeros(B, T, L, feats_NLC.shape[-1])
         feats_BTLC[mask_BT.to(device)] = feats_NLC
-        yield FeatureBatch(torch.arange(start, start + len(chunk)), ids.cpu(), mask_BT.cpu(), feats_BTLC)
+        yield FeatureBatch(batch.docs_B, batch.ids_BT, mask_BT, feats_BTLC)
         kill_point("features.batch", desc)
 
 
-def _cached_rows(cached: dict, first_doc: int, mask_BT: torch.Tensor) -> torch.Tensor | None:
+def _cached_rows(cached: dict, docs_B: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor | None:
     """The cached activations of a batch's valid positions, in mask order; None when any is
     missing (e.g. the cache truncated the document shorter)."""
     parts = []
-    for b in range(mask_BT.shape[0]):
+    for b, doc in enumerate(docs_B.tolist()):
         want = mask_BT[b].nonzero().squeeze(1)
         if want.numel() == 0:
             continue
-        positions, acts = cached.get(first_doc + b, (None, None))
+        positions, acts = cached.get(doc, (None, None))
         if positions is None:
             return None
         idx = torch.searchsorted(positions, want)

@@ -28,7 +28,9 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-KINDS = ("Strict", "Plausible", "No")
+from sal.config.choices import SOUNDNESS_CATEGORIES
+
+KINDS = SOUNDNESS_CATEGORIES
 """Relation kinds, named like the judge's categories so labels feed SAL unchanged."""
 
 FILLER = -1

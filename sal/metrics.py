@@ -41,13 +41,15 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from sal.config.choices import SOUNDNESS_CATEGORIES
+
 DEFAULT_BINS = 20
 """Default number of uniform bins on [0, 1]; see the module docstring for the rationale."""
 
 REPORT_BINS = (10, 20, 50)
 """Bin counts at which SAL is always reported, to show the choice of B does not drive it."""
 
-CATEGORIES = ("Strict", "Plausible", "No")
+CATEGORIES = SOUNDNESS_CATEGORIES
 """The judge's soundness categories, in the paper's order."""
 
 _ABBREVIATIONS = {"Strict": "S", "Plausible": "P", "No": "N", "Noise": "N"}

@@ -17,6 +17,7 @@ from typing import Tuple
 import torch
 
 from sal.config.model import ModelConfig
+from sal.config.paths import cache_root
 from sal.errors import MissingInputError
 from sal.hardware import log_choice, resolve_dtype
 
@@ -33,11 +34,6 @@ def resolve_device(device: str) -> torch.device:
             return torch.device("cpu")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device(device)
-
-
-def cache_root() -> Path:
-    """Where converted models live: $SAL_CACHE, else ~/.cache/sal."""
-    return Path(os.environ.get("SAL_CACHE", Path.home() / ".cache" / "sal"))
 
 
 def package_dir(package: str) -> Path:
@@ -165,22 +161,24 @@ def tiny_tokenizer():
     )
 
 
-def _tiny_model(cfg: ModelConfig):
+def tiny_llama(tokenizer, n_layers: int, d_model: int, seed: int = 0, **llama_config):
+    """A random LlamaForCausalLM of `n_layers` blocks of width `d_model` over `tokenizer`'s
+    vocabulary and special tokens, in eval mode: the `tiny-random` model (source=tiny) and
+    the one small model builder of the tests. `llama_config`: LlamaConfig arguments, over
+    the defaults (FFN 2*d_model, 4 heads, 2 KV heads) and over the arguments above."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    config = dict(vocab_size=len(tokenizer), hidden_size=d_model, num_hidden_layers=n_layers,
+                  intermediate_size=2 * d_model, num_attention_heads=4, num_key_value_heads=2,
+                  pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                  eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**{**config, **llama_config})).eval()
+
+
+def _tiny_model(cfg: ModelConfig):
     tokenizer = tiny_tokenizer()
-    kwargs = dict(cfg.tiny_config)
-    kwargs.setdefault("vocab_size", len(tokenizer))
-    kwargs.setdefault("hidden_size", cfg.d_model)
-    kwargs.setdefault("num_hidden_layers", cfg.n_layers)
-    config = LlamaConfig(
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **kwargs,
-    )
-    torch.manual_seed(cfg.seed)
-    return LlamaForCausalLM(config), tokenizer
+    return tiny_llama(tokenizer, cfg.n_layers, cfg.d_model, seed=cfg.seed, **cfg.tiny_config), tokenizer
 
 
 def _check_shape(cfg: ModelConfig, model) -> None:
@@ -198,7 +196,6 @@ def load_tokenizer(cfg: ModelConfig):
     vLLM needs to apply data.max_doc_tokens."""
     from transformers import AutoTokenizer
 
-    cfg.validate()
     if cfg.source == "tiny":
         tokenizer = tiny_tokenizer()
     elif cfg.source == "gguf":
@@ -216,7 +213,6 @@ def load_subject_model(cfg: ModelConfig) -> Tuple[torch.nn.Module, object]:
     """Load the subject model and tokenizer described by ``cfg`` (eval mode, no grad)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    cfg.validate()
     dtype_name = resolve_dtype(cfg.dtype, cfg.device)
     if cfg.dtype != dtype_name:  # the stages log their choice at start; direct callers learn it here
         log_choice(f"model {cfg.name}", cfg.dtype, dtype_name, cfg.device, log)

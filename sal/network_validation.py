@@ -14,7 +14,7 @@ Per seed (``run_seed``):
    counts (``sal.rules.aggregate_batch``, as extract_rules.py does), ``sal.rules.count_rules``.
 4. A ground-truth judge replaces the LLM: each feature is named by the concept its top
    activations sit on (``map_features_to_concepts``), each rule is labelled from the planted
-   relations (``label_rules``), and the labels go through ``sal.interpret.judge_rules`` with the
+   relations (``label_rules``), and the labels go through ``sal.rule_judging.judge_rules`` with the
    ``replay`` backend, the path a real run's labels take.
 5. ``sal.metrics.evaluate_sal`` gives SAL with CI and p; ``sal.metrics.delta_sal`` gives each
    trained network's delta-SAL over the null twin.
@@ -30,7 +30,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -155,30 +155,30 @@ def train_crosscoder(acts_NLD: torch.Tensor, cfg: NetworkValidationConfig, seed:
     n_tokens, n_layers, d_model = acts_NLD.shape
     cc_cfg = CrosscoderConfig(arch="relu", n_features=cfg.n_features, sparsity_coef=cfg.sparsity_coef,
                               mse_reduction="mean")
-    cc = build_crosscoder(cc_cfg, n_layers, d_model, seed=seed)
-    cc.set_activation_scales(estimate_activation_scales([acts_NLD]))
-    x_NLD = cc.normalise(acts_NLD.float())
+    crosscoder = build_crosscoder(cc_cfg, n_layers, d_model, seed=seed)
+    crosscoder.set_activation_scales(estimate_activation_scales([acts_NLD]))
+    x_NLD = crosscoder.normalise(acts_NLD.float())
     with torch.no_grad():
-        cc.b_dec.copy_(x_NLD.mean(0))
-    opt = torch.optim.Adam(cc.parameters(), lr=cfg.crosscoder_lr)
+        crosscoder.b_dec.copy_(x_NLD.mean(0))
+    opt = torch.optim.Adam(crosscoder.parameters(), lr=cfg.crosscoder_lr)
     gen = torch.Generator().manual_seed(seed)
     batch = min(cfg.crosscoder_batch_tokens, n_tokens)
     for step in tqdm(range(cfg.crosscoder_steps), desc=desc, unit="step", leave=False):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.crosscoder_steps, cfg.crosscoder_lr)
         x_BLD = x_NLD[torch.randint(n_tokens, (batch,), generator=gen)]
-        out = cc.loss(x_BLD, sparsity_coef_at(step, cfg.crosscoder_steps, cfg.sparsity_coef))
+        out = crosscoder.loss(x_BLD, sparsity_coef_at(step, cfg.crosscoder_steps, cfg.sparsity_coef))
         opt.zero_grad(set_to_none=True)
         out.total.backward()
         opt.step()
-    cc.eval().requires_grad_(False)
+    crosscoder.eval().requires_grad_(False)
     with torch.no_grad():
-        feats_NLC, recon_NLD = cc(x_NLD)
+        feats_NLC, recon_NLD = crosscoder(x_NLD)
         fvu = float((recon_NLD - x_NLD).pow(2).sum() / (x_NLD - x_NLD.mean(0)).pow(2).sum())
         active = feats_NLC > 0
         stats = {"fvu": fvu, "l0_features": float(active.any(1).sum(1).float().mean()),
                  "dead_features": int((~active.any(0).any(0)).sum())}
-    return cc, stats
+    return crosscoder, stats
 
 
 # --------------------------------------------------------------------------- the ground-truth judge
@@ -274,10 +274,10 @@ def label_rules(rules: pd.DataFrame, feature_concept: dict[int, int], lang: lw.L
 def judge_with_ground_truth(rules: pd.DataFrame, labels: pd.DataFrame, concepts: pd.DataFrame,
                             out_dir: Path) -> pd.DataFrame:
     """Labels through the real judge path: the label file is read by the ``replay`` judge
-    and applied by ``sal.interpret.judge_rules`` (explanations name each feature's concept)."""
+    and applied by ``sal.rule_judging.judge_rules`` (explanations name each feature's concept)."""
     from sal.config.judge import JudgeConfig
-    from sal.interpret import judge_rules
     from sal.judge import make_judge
+    from sal.rule_judging import judge_rules
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "ground_truth_labels.csv"
@@ -292,43 +292,81 @@ def judge_with_ground_truth(rules: pd.DataFrame, labels: pd.DataFrame, concepts:
 
 
 # --------------------------------------------------------------------------- rules
-def rule_set_counts(model, tokenizer, cc, texts: list[str], layers: list[int], cfg: NetworkValidationConfig):
+def rule_set_counts(model, tokenizer, crosscoder, texts: list[str], layers: list[int], cfg: NetworkValidationConfig):
     """Layer counts of the rule-set samples, as extract_rules.py forms them."""
     from sal.features import feature_pass
     from sal.rules import LayerCountBuilder, aggregate_batch
 
-    builder = LayerCountBuilder(cc.n_features)
-    for fb in feature_pass(model, tokenizer, cc, texts, layers, cfg.doc_len + 1, batch_docs=64, desc="feature pass"):
+    builder = LayerCountBuilder(crosscoder.n_features)
+    for fb in feature_pass(model, tokenizer, crosscoder, texts, layers, cfg.doc_len + 1, batch_docs=64, desc="feature pass"):
         for row in aggregate_batch(fb.feats_BTLC, fb.mask_BT, tau=cfg.tau, mode=cfg.aggregate):
             builder.add(row)
     return builder.to_csr()
 
 
-def mapping_features(model, tokenizer, cc, corpus: lw.Corpus, layers: list[int]) -> torch.Tensor:
+def mapping_features(model, tokenizer, crosscoder, corpus: lw.Corpus, layers: list[int]) -> torch.Tensor:
     """``[tokens, C]`` feature activations (max over layers, as the paper collects top spans
     "regardless of layer") at the positions ``concepts_at_offsets`` describes."""
     from sal.features import feature_pass
 
     parts = []
-    for fb in feature_pass(model, tokenizer, cc, corpus.texts(), layers, len(corpus.words[0]) + 1, batch_docs=64,
+    for fb in feature_pass(model, tokenizer, crosscoder, corpus.texts(), layers, len(corpus.words[0]) + 1, batch_docs=64,
                            desc="feature naming"):
         parts.append(fb.feats_BTLC.amax(dim=2)[fb.mask_BT])
     return torch.cat(parts)
 
 
-def cofiring_probs(labelled: pd.DataFrame, counts, beta: float = 1.0, chunk: int = 20000) -> np.ndarray:
-    """Diagnostic, not the paper's rule: p(q fires | premises fire) at the last token, with the
-    same smoothing but without the counter's ``a_p > a_q`` condition. Where it separates the
-    categories and ``prob`` does not, the layer-count inequality is what loses the signal."""
-    fires_NC = (counts.toarray() > 0)
+PremiseOrder = Literal["strict", "non_strict", "none"]
+
+
+def ordered_probs(labelled: pd.DataFrame, counts, order: PremiseOrder, beta: float = 1.0,
+                  chunk: int = 20000) -> np.ndarray:
+    """Each labelled rule's smoothed p(q | P) recomputed from the layer counts, with the
+    premise-conclusion condition ``order``: "strict" is the counter's ``a_p > a_q`` for every
+    premise (it reproduces ``prob``, which the test checks), "non_strict" counts ties
+    (``a_p >= a_q``), "none" is plain co-firing at the last token. Diagnostics, not the paper's
+    rule: where one separates the categories and ``prob`` does not, the inequality is what
+    loses the signal."""
+    x_NC = counts.toarray()
+    fires_NC = x_NC > 0
     out = np.empty(len(labelled))
     p1, p2, q = (labelled[c].to_numpy() for c in ("p1", "p2", "q"))
+    has_p2 = p2 >= 0
+    p2 = np.maximum(p2, 0)
     for s in range(0, len(labelled), chunk):
         sl = slice(s, s + chunk)
-        prem_NR = fires_NC[:, p1[sl]] & np.where(p2[sl] >= 0, fires_NC[:, np.maximum(p2[sl], 0)], True)
-        n_p, n_pq = prem_NR.sum(0), (prem_NR & fires_NC[:, q[sl]]).sum(0)
-        out[sl] = (n_pq + beta) / (n_p + 2 * beta)
+        prem_NR = fires_NC[:, p1[sl]] & np.where(has_p2[sl], fires_NC[:, p2[sl]], True)
+        concl_NR = prem_NR & fires_NC[:, q[sl]]
+        if order != "none":
+            above = np.greater if order == "strict" else np.greater_equal
+            xq = x_NC[:, q[sl]]
+            concl_NR &= above(x_NC[:, p1[sl]], xq) & np.where(has_p2[sl], above(x_NC[:, p2[sl]], xq), True)
+        out[sl] = (concl_NR.sum(0) + beta) / (prem_NR.sum(0) + 2 * beta)
     return out
+
+
+def equal_n_sal(probs_by_network: dict[str, dict], n_draws: int = 50, seed: int = 0) -> tuple[int, dict]:
+    """SAL of each network on ``n`` rules per category, ``n`` the smallest non-empty category
+    of any network, averaged over ``n_draws`` draws without replacement: every histogram then
+    carries the same small-sample bias, so differences between networks are not differences
+    in category size. Returns ``(n, {network: mean SAL})``; a network without two non-empty
+    categories gets None."""
+    from sal import metrics
+
+    sizes = [len(v) for probs in probs_by_network.values() for v in probs.values() if len(v)]
+    if not sizes:
+        return 0, {name: None for name in probs_by_network}
+    n = min(sizes)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, probs in probs_by_network.items():
+        kept = {k: np.asarray(v) for k, v in probs.items() if len(v)}
+        if len(kept) < 2:
+            out[name] = None
+            continue
+        out[name] = float(np.mean([metrics.soundness_aware_level(
+            {k: rng.choice(v, size=n, replace=False) for k, v in kept.items()}) for _ in range(n_draws)]))
+    return n, out
 
 
 class NetworkResult(NamedTuple):
@@ -338,6 +376,8 @@ class NetworkResult(NamedTuple):
     """Judged rules (p1, p2, q, prob, category, ...)."""
     probs: dict
     """{category: rule probabilities} after dropping categories below min_rules_per_category."""
+    probs_non_strict: dict
+    """The same rules' probabilities with ties counted (``ordered_probs(..., "non_strict")``)."""
     sal: dict | None
     """evaluate_sal's result as a dict, or None when fewer than two categories remain."""
     stats: dict
@@ -352,11 +392,11 @@ def run_network(name: str, model, tokenizer, lang: lw.Language, corpora: dict, c
 
     layers = list(range(cfg.n_layers + 1))
     acts_NLD = collect_activations(model, tokenizer, corpora["activation"].texts(), layers)
-    cc, stats = train_crosscoder(acts_NLD, cfg, seed, desc=f"crosscoder ({name})")
-    concepts = map_features_to_concepts(mapping_features(model, tokenizer, cc, corpora["mapping"], layers),
+    crosscoder, stats = train_crosscoder(acts_NLD, cfg, seed, desc=f"crosscoder ({name})")
+    concepts = map_features_to_concepts(mapping_features(model, tokenizer, crosscoder, corpora["mapping"], layers),
                                         concepts_at_offsets(corpora["mapping"], cfg.offsets), cfg.offsets,
                                         cfg.top_k, cfg.min_purity)
-    counts = rule_set_counts(model, tokenizer, cc, corpora["rule_set"], layers, cfg)
+    counts = rule_set_counts(model, tokenizer, crosscoder, corpora["rule_set"], layers, cfg)
     # Only explained features enter rules, as rules.restrict_to_explained does with the paper's judge.
     named = concepts[concepts.concept >= 0]
     rules = count_rules(counts, max_premises=2, beta=1.0, min_premise_count=cfg.min_premise_count,
@@ -371,12 +411,16 @@ def run_network(name: str, model, tokenizer, lang: lw.Language, corpora: dict, c
     if sum(len(v) > 0 for v in probs.values()) >= 2:
         sal = metrics.evaluate_sal(probs, n_bootstrap=cfg.n_bootstrap, n_permutations=cfg.n_permutations,
                                    seed=seed, drop_empty=True).to_dict()
+    probs_non_strict = {k: v[:0] for k, v in probs.items()}
     if len(labelled) and sum(len(v) > 0 for v in probs.values()) >= 2:
-        cof = labelled.assign(prob=cofiring_probs(labelled, counts))
-        cof_probs = {k: (v if len(probs[k]) else v[:0]) for k, v in
-                     metrics.probs_by_category_from_frame(cof, categories=list(lw.KINDS)).items()}
-        stats["sal_cofire"] = metrics.evaluate_sal(cof_probs, n_bootstrap=10, n_permutations=10, seed=seed,
-                                                   drop_empty=True).sal
+        variants = {}
+        for order in ("none", "non_strict"):
+            by_cat = metrics.probs_by_category_from_frame(labelled.assign(prob=ordered_probs(labelled, counts, order)),
+                                                          categories=list(lw.KINDS))
+            variants[order] = {k: (v if len(probs[k]) else v[:0]) for k, v in by_cat.items()}
+        probs_non_strict = variants["non_strict"]
+        stats["sal_cofire"] = metrics.soundness_aware_level(variants["none"], drop_empty=True)
+        stats["sal_non_strict"] = metrics.soundness_aware_level(probs_non_strict, drop_empty=True)
     stats.update(n_rules=int(len(rules)), n_labelled=int(len(labelled)), dropped_thin=thin,
                  n_named_features=int(len(named)),
                  n_named_by_offset={str(o): int((named.offset == o).sum()) for o in cfg.offsets},
@@ -385,7 +429,7 @@ def run_network(name: str, model, tokenizer, lang: lw.Language, corpora: dict, c
                  share_count_1=float((counts.data == 1).mean()) if counts.nnz else 0.0,
                  label_counts={k: int((labelled.category == k).sum()) for k in lw.KINDS})
     concepts.to_csv(out_dir / name / "feature_concepts.csv", index=False)
-    return NetworkResult(labelled, probs, sal, stats)
+    return NetworkResult(labelled, probs, probs_non_strict, sal, stats)
 
 
 # --------------------------------------------------------------------------- one seed, all seeds
@@ -427,9 +471,32 @@ def run_seed(cfg: NetworkValidationConfig, seed: int, out_dir: Path) -> dict:
                                              seed=seed).to_dict()
         except ValueError as err:  # a side without two non-empty categories
             deltas[name] = {"delta": None, "error": str(err)}
+    rows = _seed_rows(seed, results, deltas, scores, curves, out)
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "summary.csv", index=False)
+    truth = lw.conditional_frequencies(lang, heldout)
+    truth.to_csv(out / "relations.csv", index=False)
+    return {"seed": seed, "table": table, "probs": {n: results[n].probs for n in NETWORKS},
+            "stats": {n: results[n].stats for n in NETWORKS}, "delta": deltas, "relations": truth,
+            "seconds": time.perf_counter() - t0}
+
+
+def _seed_rows(seed: int, results: dict, deltas: dict, scores: dict, curves: dict, out: Path) -> list[dict]:
+    """The seed's summary row per network (SAL, delta-SAL, the equal-n variants, label counts,
+    the network's own scores) and each network's labelled rules on disk."""
+    equal_n = {}
+    for variant, field_name in (("equal_n", "probs"), ("non_strict_equal_n", "probs_non_strict")):
+        n, sals = equal_n_sal({name: getattr(results[name], field_name) for name in NETWORKS}, seed=seed)
+        equal_n[variant] = {"n": n, "sal": sals}
     rows = []
     for name in NETWORKS:
         r = results[name]
+        variants = {}
+        for variant, v in equal_n.items():
+            own, null = v["sal"][name], v["sal"]["null_twin"]
+            variants[f"sal_{variant}"] = own
+            variants[f"delta_{variant}"] = None if own is None or null is None or name == "null_twin" else own - null
+            variants[f"n_{variant}"] = v["n"]
         sal = r.sal or {}
         rows.append({"seed": seed, "network": name, "sal": sal.get("sal"),
                      "sal_ci_low": (sal.get("ci") or [None, None])[0], "sal_ci_high": (sal.get("ci") or [None, None])[1],
@@ -440,30 +507,30 @@ def run_seed(cfg: NetworkValidationConfig, seed: int, out_dir: Path) -> dict:
                      "delta_p": deltas.get(name, {}).get("p_value"),
                      **{f"n_{k}": r.stats["label_counts"][k] for k in lw.KINDS},
                      **scores[name], **{k: v for k, v in r.stats.items() if not isinstance(v, dict)},
-                     "final_train_loss": float(np.mean(curves[name][-20:])) if name in curves else None})
+                     "final_train_loss": float(np.mean(curves[name][-20:])) if name in curves else None, **variants})
         r.labelled.to_parquet(out / name / "labelled_rules.parquet")
-    table = pd.DataFrame(rows)
-    table.to_csv(out / "summary.csv", index=False)
-    truth = lw.conditional_frequencies(lang, heldout)
-    truth.to_csv(out / "relations.csv", index=False)
-    return {"seed": seed, "table": table, "probs": {n: results[n].probs for n in NETWORKS},
-            "stats": {n: results[n].stats for n in NETWORKS}, "delta": deltas, "relations": truth,
-            "seconds": time.perf_counter() - t0}
+    return rows
 
 
-def ordering_holds(table: pd.DataFrame) -> dict:
-    """Per seed: sound SAL > shuffled SAL, and sound delta-SAL > shuffled delta-SAL. A SAL or
-    delta-SAL that cannot be computed (fewer than two categories with enough rules) counts as
-    no separation, 0 bits, and is flagged in the table."""
+def ordering_holds(table: pd.DataFrame, sal_col: str = "sal", delta_col: str = "delta_sal") -> dict:
+    """Per seed: sound SAL > shuffled SAL, and sound delta-SAL > shuffled delta-SAL (the columns
+    name which SAL: the paper's, or a diagnostic variant). A SAL or delta-SAL that cannot be
+    computed (fewer than two categories with enough rules) counts as no separation, 0 bits, and
+    is flagged in the table."""
     out = {}
     for seed, part in table.groupby("seed"):
         by = part.set_index("network")
         get = lambda col, net: 0.0 if pd.isna(by.at[net, col]) else float(by.at[net, col])  # noqa: E731
-        out[int(seed)] = {"sal": get("sal", "sound") > get("sal", "shuffled"),
-                          "delta_sal": get("delta_sal", "sound") > get("delta_sal", "shuffled"),
-                          "not_computable": [f"{col}:{net}" for col in ("sal", "delta_sal")
+        out[int(seed)] = {"sal": get(sal_col, "sound") > get(sal_col, "shuffled"),
+                          "delta_sal": get(delta_col, "sound") > get(delta_col, "shuffled"),
+                          "not_computable": [f"{col}:{net}" for col in (sal_col, delta_col)
                                              for net in ("sound", "shuffled") if pd.isna(by.at[net, col])]}
     return out
+
+
+#: Diagnostic SAL variants next to the paper's (column of SAL, column of delta-SAL).
+VARIANTS = {"equal_n": ("sal_equal_n", "delta_equal_n"),
+            "non_strict_equal_n": ("sal_non_strict_equal_n", "delta_non_strict_equal_n")}
 
 
 def run_network_validation(cfg: NetworkValidationConfig, out_dir: str | Path, figures_to: str | Path | None = None) -> dict:
@@ -473,7 +540,6 @@ def run_network_validation(cfg: NetworkValidationConfig, out_dir: str | Path, fi
 
     from sal import atomic, plots
 
-    cfg.validate()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -492,6 +558,8 @@ def run_network_validation(cfg: NetworkValidationConfig, out_dir: str | Path, fi
         "config": asdict(cfg), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "seconds": time.perf_counter() - t0, "ordering": {str(k): v for k, v in order.items()},
         "ordering_holds_all_seeds": all(v["sal"] and v["delta_sal"] and not v["not_computable"] for v in order.values()),
+        "ordering_variants": {v: {str(k): o for k, o in ordering_holds(table, *cols).items()}
+                              for v, cols in VARIANTS.items() if cols[0] in table},
         "per_seed": table.replace({np.nan: None}).to_dict(orient="records"),
         "relations": {str(s["seed"]): s["relations"].astype({"premises": str}).to_dict(orient="records") for s in seeds},
         "figures": {k: str(v) for k, v in figures.items()},
@@ -504,5 +572,6 @@ def format_table(table: pd.DataFrame) -> str:
     """The per-seed table a reader wants first."""
     cols = ["seed", "network", "sal", "sal_p", "delta_sal", "delta_p", "n_Strict", "n_Plausible", "n_No",
             "heldout_loss", "p_conclusion_Strict", "p_conclusion_Plausible", "p_conclusion_No", "share_count_1",
-            "sal_cofire"]
+            "sal_cofire", "sal_non_strict", "sal_equal_n", "delta_equal_n", "sal_non_strict_equal_n",
+            "delta_non_strict_equal_n"]
     return table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda v: f"{v:.3f}" if not math.isnan(v) else "nan")

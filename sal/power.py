@@ -123,31 +123,8 @@ def power_analysis(
         )
     per_judgment = 1.0 / min(category_shares.values()) if category_shares else float(K)
 
-    rows = []
-    for n in sorted({int(x) for x in n_grid}):
-        sal_a, se_a, width_a = _simulate(rho_a, n, n_sim, n_bootstrap, ci_level, rng)
-        if rho_b is None:
-            diff_sd = sal_a.std(ddof=1) * math.sqrt(2)  # two independent estimates, equal SD
-            power = stats.norm.cdf(delta / diff_sd - z) + stats.norm.cdf(-delta / diff_sd - z)
-        else:
-            sal_b, se_b, _ = _simulate(rho_b, n, n_sim, n_bootstrap, ci_level, rng)
-            diff_sd = float(np.std(sal_a - sal_b, ddof=1))
-            wald = (sal_a - sal_b) / np.sqrt(se_a**2 + se_b**2)
-            power = float(np.mean(np.abs(wald) > z))
-        row = {
-            "n_per_category": n,
-            "n_judgments": int(math.ceil(n * per_judgment)),
-            "sal_mean": float(sal_a.mean()),
-            "sal_sd": float(sal_a.std(ddof=1)),
-            "ci_width": float(width_a.mean()),
-            "diff_sd": float(diff_sd),
-            "power": float(power),
-        }
-        if tokens_per_judgment is not None:
-            row["tokens"] = row["n_judgments"] * tokens_per_judgment
-            if price_per_1k_tokens is not None:
-                row["cost_usd"] = row["tokens"] / 1000.0 * price_per_1k_tokens
-        rows.append(row)
+    rows = [_grid_row(n, rho_a, rho_b, delta, z, n_sim, n_bootstrap, ci_level, rng, per_judgment,
+                      tokens_per_judgment, price_per_1k_tokens) for n in sorted({int(x) for x in n_grid})]
     table = pd.DataFrame(rows)
 
     n_required = _required_n(table, delta, z, target_power)
@@ -156,6 +133,35 @@ def power_analysis(
         tokens_per_judgment, price_per_1k_tokens,
     )
     return PowerAnalysis(table, n_required, text, delta, target_power, alpha)
+
+
+def _grid_row(n: int, rho_a: np.ndarray, rho_b: np.ndarray | None, delta: float, z: float, n_sim: int,
+              n_bootstrap: int, ci_level: float, rng: np.random.Generator, per_judgment: float,
+              tokens_per_judgment: float | None, price_per_1k_tokens: float | None) -> dict:
+    """One budget of the power table: SAL's spread, CI width and power at ``n`` rules per category."""
+    sal_a, se_a, width_a = _simulate(rho_a, n, n_sim, n_bootstrap, ci_level, rng)
+    if rho_b is None:
+        diff_sd = sal_a.std(ddof=1) * math.sqrt(2)  # two independent estimates, equal SD
+        power = stats.norm.cdf(delta / diff_sd - z) + stats.norm.cdf(-delta / diff_sd - z)
+    else:
+        sal_b, se_b, _ = _simulate(rho_b, n, n_sim, n_bootstrap, ci_level, rng)
+        diff_sd = float(np.std(sal_a - sal_b, ddof=1))
+        wald = (sal_a - sal_b) / np.sqrt(se_a**2 + se_b**2)
+        power = float(np.mean(np.abs(wald) > z))
+    row = {
+        "n_per_category": n,
+        "n_judgments": int(math.ceil(n * per_judgment)),
+        "sal_mean": float(sal_a.mean()),
+        "sal_sd": float(sal_a.std(ddof=1)),
+        "ci_width": float(width_a.mean()),
+        "diff_sd": float(diff_sd),
+        "power": float(power),
+    }
+    if tokens_per_judgment is not None:
+        row["tokens"] = row["n_judgments"] * tokens_per_judgment
+        if price_per_1k_tokens is not None:
+            row["cost_usd"] = row["tokens"] / 1000.0 * price_per_1k_tokens
+    return row
 
 
 def _required_n(table, delta, z, target_power) -> int | None:

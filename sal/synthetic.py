@@ -21,9 +21,10 @@ import scipy.sparse as sp
 
 from sal import atomic
 from sal import metrics
+from sal.config.choices import SOUNDNESS_CATEGORIES
 from sal.config.evaluate import WorldConfig
 
-KINDS = ("Strict", "Plausible", "No")
+KINDS = SOUNDNESS_CATEGORIES
 """Planted kinds, named like the judge's categories so labels feed SAL unchanged."""
 
 LABEL_COLUMNS = ["p1", "p2", "q", "category", "rationale"]
@@ -116,7 +117,6 @@ def _zipf_background(
 def generate_world(cfg: WorldConfig | None = None) -> World:
     """Generate a planted world (see ``WorldConfig`` for the generative model)."""
     cfg = cfg or WorldConfig()
-    cfg.validate()
     rng = np.random.default_rng(cfg.seed)
     planted = _plant_table(cfg, rng)
     n, L = cfg.n_samples, cfg.n_layers

@@ -1,4 +1,5 @@
-"""W&B for the non-training stages (training uses Lightning's WandbLogger)."""
+"""W&B for every stage: a run for the non-training stages, Lightning's WandbLogger for
+training; both decide the mode (``wandb_mode``) here."""
 
 from __future__ import annotations
 
@@ -30,6 +31,22 @@ def start_run(cfg: LoggerConfig, run_dir: Path, name: str, job_type: str, config
         return None
     return wandb.init(project=cfg.wandb_project, entity=cfg.wandb_entity, name=name, job_type=job_type,
                       dir=str(run_dir), mode=wandb_mode(cfg), config=config, reinit="finish_previous")
+
+
+def lightning_wandb_logger(cfg: LoggerConfig, run_dir: Path, name: str, config: dict) -> Optional[Any]:
+    """Training's W&B logger (Lightning's WandbLogger), or None when W&B is off or broken: W&B
+    is optional, and a run is never lost because of it."""
+    if not cfg.wandb or wandb_mode(cfg) == "disabled":
+        return None
+    try:
+        import wandb  # noqa: F401  (fails fast when the package is broken or absent)
+        from lightning.pytorch.loggers import WandbLogger
+
+        return WandbLogger(project=cfg.wandb_project, entity=cfg.wandb_entity, name=name, save_dir=str(run_dir),
+                           mode=wandb_mode(cfg), config=config)
+    except Exception as exc:
+        log.warning("W&B logging disabled (%s: %s); metrics still go to CSV.", type(exc).__name__, exc)
+        return None
 
 
 def log_images(run, images: dict[str, Path]) -> None:

@@ -12,11 +12,8 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    """The `tiny-random` subject model (7 random Llama blocks, byte-level tokenizer)."""
-    from sal.config.model import ModelConfig
-    from sal.models import load_subject_model
+    """The `tiny-random` subject model of conf/model/tiny-random.yaml (7 random Llama blocks,
+    byte-level tokenizer), in the dtype `auto` resolves to on this machine."""
+    from sal.models import load_subject_model, named_model_config
 
-    cfg = ModelConfig(name="tiny-random", source="tiny", init="random", n_layers=7, d_model=64,
-                      tiny_config=dict(intermediate_size=128, num_attention_heads=4,
-                                       num_key_value_heads=2, max_position_embeddings=512))
-    return load_subject_model(cfg)
+    return load_subject_model(named_model_config("tiny-random", dtype="auto"))

@@ -129,7 +129,7 @@ def test_figures_4_and_5_are_written(tmp_path):
 
 
 def test_a_three_model_comparison_reports_without_a_leave_one_out_fit(tmp_path):
-    from sal.report import write_compare_report
+    from sal.pipeline.analyses.compare import write_compare_report
 
     three = dict(list(analysis.load_paper_sal().items())[:3])
     comp = compare(three)

@@ -54,12 +54,9 @@ def test_custom_layers():
 
 @pytest.mark.parametrize("overrides, message", [
     (["layers=custom", "layers.indices=[0,10,31]"], r"\[31\].*outside \[0, 30\]"),
-    (["sparsity=-1e-3"], "sparsity=-0.001 is negative"),
+    (["sparsity=-1e-3"], r"sparsity_coef=-0.001 \(the `sparsity=` override sets it\) is negative"),
     (["optim.max_steps=0"], "optim.max_steps=0"),
-    (["crosscoder.decoder_norm=l3"], "crosscoder.decoder_norm='l3'"),
-    (["crosscoder.mse_reduction=avg"], "crosscoder.mse_reduction='avg'"),
     (["crosscoder=topk", "crosscoder.mse_reduction=mean"], "applies to arch=relu only"),
-    (["analysis.metric=gain"], "analysis.metric='gain': choose sal or delta_sal"),
     (["analysis=compare", "analysis.metric=delta_sal"], "the paper's table has no ΔSAL"),
     (["analysis=robustness", "analysis.robustness.seeds=[1,1]"], "one or more distinct seeds"),
     (["analysis=robustness", "analysis.robustness.min_premise_counts=[0]"], "min_premise_counts=\\[0\\]"),
@@ -73,6 +70,10 @@ def test_bad_values_fail_validation_with_the_fix(overrides, message):
     (["model=qwen9"], "Could not find 'model/qwen9'"),
     (["optim.max_stepz=3"], "Key 'max_stepz' not in 'OptimConfig'"),
     (["optim.max_steps=many"], "Value 'many' of type 'str' could not be converted to Integer"),
+    # Choices are enums: OmegaConf refuses a value outside them while composing, naming the choices.
+    (["crosscoder.decoder_norm=l3"], r"Invalid value 'l3', expected one of \[l2, l1\](.|\n)*decoder_norm"),
+    (["crosscoder.mse_reduction=avg"], r"Invalid value 'avg', expected one of \[sum, mean\]"),
+    (["analysis.metric=gain"], r"Invalid value 'gain', expected one of \[sal, delta_sal\]"),
 ])
 def test_unknown_names_and_misspelt_keys_fail_at_composition(overrides, message):
     import re

@@ -145,24 +145,55 @@ def test_label_rules_applies_the_stated_policy():
     assert set(planted_only.category) == {"Strict", "Plausible", "No"} and len(planted_only) == 5
 
 
-def test_cofiring_probs_ignore_the_layer_order():
+def test_ordered_probs_by_hand():
     import scipy.sparse as sp
 
     # 4 samples x 3 features: feature 0 fires in all; 1 in samples 0-2; 2 in sample 0 (more layers than 0)
     counts = sp.csr_matrix(np.array([[2, 1, 3], [1, 1, 0], [1, 2, 0], [1, 0, 0]]))
     rules = pd.DataFrame({"p1": [0, 0, 0], "p2": [-1, -1, 1], "q": [1, 2, 2]})
-    got = nv.cofiring_probs(rules, counts, beta=1.0)
-    np.testing.assert_allclose(got, [(3 + 1) / (4 + 2), (1 + 1) / (4 + 2), (1 + 1) / (3 + 2)])
+    np.testing.assert_allclose(nv.ordered_probs(rules, counts, "none"),
+                               [(3 + 1) / (4 + 2), (1 + 1) / (4 + 2), (1 + 1) / (3 + 2)])
+    # 0 -> 1: a_0 > a_1 only in sample 0 (2 > 1); ties in sample 1; sample 2 has a_1 > a_0.
+    # 0 -> 2 and 0,1 -> 2: in sample 0 the conclusion has more layers (3) than every premise.
+    np.testing.assert_allclose(nv.ordered_probs(rules, counts, "strict"), [(1 + 1) / 6, 1 / 6, 1 / 5])
+    np.testing.assert_allclose(nv.ordered_probs(rules, counts, "non_strict"), [(2 + 1) / 6, 1 / 6, 1 / 5])
+
+
+def test_strict_order_reproduces_the_rule_counter():
+    import scipy.sparse as sp
+
+    from sal.rules import count_rules
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, size=(60, 7)) * (rng.random((60, 7)) < 0.5)
+    rules = count_rules(sp.csr_matrix(x), max_premises=2, beta=1.0, min_premise_count=1, progress=False)
+    assert len(rules) > 20
+    np.testing.assert_allclose(nv.ordered_probs(rules, sp.csr_matrix(x), "strict"), rules.prob.to_numpy())
+
+
+def test_equal_n_sal_draws_the_same_size_from_every_category():
+    from sal import metrics
+
+    rng = np.random.default_rng(1)
+    a = {"Strict": rng.random(30), "No": rng.random(500)}
+    b = {"Strict": np.full(12, 0.95), "No": np.full(40, 0.05)}
+    c = {"Strict": np.linspace(0.5, 1, 5), "No": np.linspace(0, 1, 9)[:5]}
+    n, got = nv.equal_n_sal({"a": a, "b": b, "c": c, "d": {"Strict": np.ones(7), "No": np.ones(0)}}, n_draws=20)
+    assert n == 5 and got["d"] is None
+    assert got["b"] == pytest.approx(1.0)  # disjoint bins at any n: JSD of two = 1 bit
+    assert got["c"] == pytest.approx(metrics.soundness_aware_level(c))  # already n per category: no draw changes it
+    # Same distribution in both categories: the only SAL is small-sample bias, larger at n = 5 than at 30 / 500.
+    assert got["a"] > metrics.soundness_aware_level(a) + 0.2
 
 
 def test_config_rejects_bad_values_readably():
-    NetworkValidationConfig().validate()
+    NetworkValidationConfig()
     with pytest.raises(ValueError, match="analysis.network.plausible_strength"):
-        NetworkValidationConfig(plausible_strength=[0.6, 1.0]).validate()
+        NetworkValidationConfig(plausible_strength=[0.6, 1.0])
     with pytest.raises(ValueError, match="analysis.network.d_model=30 is not divisible"):
-        NetworkValidationConfig(d_model=30, n_heads=4).validate()
+        NetworkValidationConfig(d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="analysis.network.unplanted"):
-        NetworkValidationConfig(unplanted="maybe").validate()
+        NetworkValidationConfig(unplanted="maybe")
 
 
 # --------------------------------------------------------------------------- the claim, small size

@@ -89,12 +89,12 @@ def test_power_plot_written(tmp_path):
 
 
 def test_configs_validate_and_name_fields():
-    EvalConfig().validate()
-    AnalysisConfig().validate()
-    AnalysisConfig(name="power").validate()
+    EvalConfig()
+    AnalysisConfig()
+    AnalysisConfig(name="power")
     with pytest.raises(ValueError, match="evaluate.empty_category"):
-        EvalConfig(empty_category="skip").validate()
+        EvalConfig(empty_category="skip")
     with pytest.raises(ValueError, match="analysis=compare"):
-        AnalysisConfig(name="compare").validate()
+        AnalysisConfig(name="compare")
     with pytest.raises(ValueError, match="analysis.power.delta"):
-        AnalysisConfig(name="power", power=PowerConfig(delta=0)).validate()
+        AnalysisConfig(name="power", power=PowerConfig(delta=0))

@@ -122,12 +122,12 @@ def test_sal_rises_with_separation(tmp_path):
 
 def test_world_config_validation_names_the_field():
     with pytest.raises(ValueError, match="world.mode"):
-        WorldConfig(mode="clever").validate()
+        WorldConfig(mode="clever")
     with pytest.raises(ValueError, match="world.n_features"):
-        WorldConfig(n_features=50).validate()
+        WorldConfig(n_features=50)
     with pytest.raises(ValueError, match="plausible_strength"):
-        WorldConfig(plausible_strength=[0.9, 0.6]).validate()
-    WorldConfig().validate()
+        WorldConfig(plausible_strength=[0.9, 0.6])
+    WorldConfig()
 
 
 def test_counting_scope_does_not_change_planted_rules():

@@ -46,7 +46,7 @@ def test_a_layer_past_the_model(tmp_path):
 
 def test_a_negative_sparsity(tmp_path):
     message = _fails("train.py", "sparsity=-1", tmp_path=tmp_path)
-    assert "sparsity=-1.0 is negative" in message and "5e-3" in message
+    assert "sparsity_coef=-1.0 (the `sparsity=` override sets it) is negative" in message and "5e-3" in message
 
 
 def test_a_hub_model_that_is_not_cached_with_the_hub_off(tmp_path):

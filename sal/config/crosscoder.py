@@ -5,26 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-_ARCHS = ("relu", "topk")
-_NORMS = ("l2", "l1")
-_MSE_REDUCTIONS = ("sum", "mean")
-_TOPK_MODES = ("token", "batch")
-_DECODER_BIAS_INITS = ("mean", "zero")
+from sal.config.choices import Arch, CacheDtype, DecoderBiasInit, DecoderNorm, L0Unit, MseReduction, TopkMode, coerce_choices
 
 
 @dataclass
 class CrosscoderConfig:
     """Architecture of the cross-layer sparse autoencoder."""
 
-    arch: str = "relu"
+    arch: Arch = Arch.relu
     """relu (the paper: ReLU + sparsity penalty) | topk (TopK/BatchTopK + AuxK, beyond the paper)."""
     n_features: int = 2**15
     """Dictionary size C (the paper: 2^15 for every model)."""
-    decoder_norm: str = "l2"
+    decoder_norm: DecoderNorm = DecoderNorm.l2
     """Norm of decoder rows in the sparsity penalty: l2 (Lindsey et al.) | l1 (literal Eq. 6)."""
     sparsity_coef: float = 5e-3
     """Final sparsity coefficient alpha (paper: 5e-3; 3e-3 for Qwen2.5-14B). Ignored by topk."""
-    mse_reduction: str = "sum"
+    mse_reduction: MseReduction = MseReduction.sum
     """relu: the reconstruction term of the loss. sum = squared error summed over layers and
     dimensions (mean over tokens); mean = also averaged over the L * D entries (the paper's
     "mean squared reconstruction error"), which makes alpha worth L * D times more: with it the
@@ -35,7 +31,7 @@ class CrosscoderConfig:
     target_l0_adapt_frac of the steps, then freezes it (sal.training.sparsity_control). None:
     alpha follows the fixed ramp to sparsity_coef. SAL compares models, and one alpha gives a
     different sparsity for every width and model; a matched L0 removes that confound."""
-    target_l0_unit: str = "features"
+    target_l0_unit: L0Unit = L0Unit.features
     """features = distinct active features per token (a feature counts once whatever its
     layers: the paper's "active features") | pairs = active (feature, layer) pairs per token."""
     target_l0_adapt_frac: float = 0.9
@@ -44,7 +40,7 @@ class CrosscoderConfig:
     drifting down at a fixed alpha as the dictionary trains, so a long adaptation lands closer."""
     init_decoder_norm: float = 0.1
     """Norm of each decoder row at initialisation (random directions; encoder = transpose)."""
-    init_decoder_bias: str = "mean"
+    init_decoder_bias: DecoderBiasInit = DecoderBiasInit.mean
     """mean = set b_dec to the mean of the first batch's (normalised) activations, pooled over
     ranks, before the first step; zero = leave it at 0. At zero the bias needs thousands of
     steps to reach the mean, and meanwhile a sparse dictionary spends its few active features
@@ -55,7 +51,7 @@ class CrosscoderConfig:
     """Fold the activation scales into the exported encoder (W_enc <- s W_enc)."""
     k: int = 32
     """topk: active (feature, layer) pairs per token (per-token mean for BatchTopK)."""
-    topk_mode: str = "batch"
+    topk_mode: TopkMode = TopkMode.batch
     """topk: token (TopK per token) | batch (BatchTopK, with an inference threshold)."""
     aux_k: int = 512
     """topk: dead latents used by the AuxK loss per token (Gao et al.: d_model / 2)."""
@@ -67,20 +63,17 @@ class CrosscoderConfig:
     seed: int = 0
     """Seed of the initial decoder directions and of the activation stream's shuffling."""
 
-    def validate(self) -> None:
-        if self.arch not in _ARCHS:
-            raise ValueError(f"crosscoder.arch={self.arch!r}: choose one of {_ARCHS}.")
-        if self.decoder_norm not in _NORMS:
-            raise ValueError(f"crosscoder.decoder_norm={self.decoder_norm!r}: choose one of {_NORMS}.")
-        if self.mse_reduction not in _MSE_REDUCTIONS:
-            raise ValueError(f"crosscoder.mse_reduction={self.mse_reduction!r}: choose one of {_MSE_REDUCTIONS}.")
+    def __post_init__(self) -> None:
+        coerce_choices(self, "crosscoder")
         if self.mse_reduction != "sum" and self.arch != "relu":
             raise ValueError(f"crosscoder.mse_reduction={self.mse_reduction!r} applies to arch=relu only (arch="
                              f"{self.arch!r} has no sparsity coefficient to weigh against it); leave it at 'sum'.")
         if self.n_features < 1:
             raise ValueError(f"crosscoder.n_features={self.n_features}: must be >= 1 (paper: 32768).")
         if self.sparsity_coef < 0:
-            raise ValueError(f"crosscoder.sparsity_coef={self.sparsity_coef}: must be >= 0 (paper: 5e-3).")
+            raise ValueError(f"crosscoder.sparsity_coef={self.sparsity_coef} (the `sparsity=` override sets it) is "
+                             f"negative: the sparsity coefficient must be >= 0 (the paper uses 5e-3, and 3e-3 for "
+                             f"qwen2.5-14b).")
         if self.target_l0 is not None:
             if self.arch != "relu":
                 raise ValueError(f"crosscoder.target_l0 applies to arch=relu (arch={self.arch!r} fixes L0 with k).")
@@ -88,37 +81,16 @@ class CrosscoderConfig:
                 raise ValueError(f"crosscoder.target_l0={self.target_l0}: must be > 0 and at most n_features, or null.")
             if self.sparsity_coef <= 0:
                 raise ValueError("crosscoder.target_l0 starts the controller at sparsity_coef: set it > 0.")
-        if self.target_l0_unit not in ("features", "pairs"):
-            raise ValueError(f"crosscoder.target_l0_unit={self.target_l0_unit!r}: choose features | pairs.")
         if not 0 < self.target_l0_adapt_frac < 1:
             raise ValueError(f"crosscoder.target_l0_adapt_frac={self.target_l0_adapt_frac}: must be in (0, 1).")
-        if self.init_decoder_bias not in _DECODER_BIAS_INITS:
-            raise ValueError(f"crosscoder.init_decoder_bias={self.init_decoder_bias!r}: choose one of {_DECODER_BIAS_INITS}.")
         if self.init_decoder_norm <= 0:
             raise ValueError(f"crosscoder.init_decoder_norm={self.init_decoder_norm}: must be > 0 (default 0.1).")
-        if self.topk_mode not in _TOPK_MODES:
-            raise ValueError(f"crosscoder.topk_mode={self.topk_mode!r}: choose one of {_TOPK_MODES}.")
         if self.k < 1:
             raise ValueError(f"crosscoder.k={self.k}: must be >= 1.")
         if self.aux_k < 0 or self.aux_coef < 0:
             raise ValueError(f"crosscoder.aux_k={self.aux_k}, aux_coef={self.aux_coef}: must be >= 0 (0 disables AuxK).")
         if self.dead_window_tokens < 1:
             raise ValueError(f"crosscoder.dead_window_tokens={self.dead_window_tokens}: must be >= 1.")
-
-    @classmethod
-    def paper(cls) -> "CrosscoderConfig":
-        """Appendix B/C.1: ReLU, C = 2^15, alpha = 5e-3 against the mean squared error."""
-        return cls(mse_reduction="mean")
-
-    @classmethod
-    def demo(cls) -> "CrosscoderConfig":
-        """Offline default: a small dictionary that trains on 2 CPU cores in minutes.
-
-        sparsity_coef=16: in this loss's units (sum-of-squares MSE on activations scaled to
-        mean squared norm D) the paper's 5e-3 barely penalises anything; measured on
-        SmolLM2-135M (8 layers, C=2048, 200 steps of 1K tokens), alpha = 5e-3 / 1 / 4 / 16
-        end at L0 ~6600 (40 steps) / 2040 / 800 / 275 with fvu - / 0.15 / 0.21 / 0.44."""
-        return cls(n_features=2048, sparsity_coef=16.0, dead_window_tokens=50_000)
 
 
 @dataclass
@@ -163,7 +135,7 @@ class OptimConfig:
     activation_cache: Optional[str] = None
     """Directory of an on-disk activation cache (safetensors shards keyed by model, layers
     and corpus). None (default) streams activations and writes nothing to disk."""
-    cache_dtype: str = "bfloat16"
+    cache_dtype: CacheDtype = CacheDtype.bfloat16
     """dtype of cached activations: bfloat16 | float16 | float32."""
     cache_shard_tokens: int = 2**16
     """Tokens per activation-cache shard."""
@@ -173,7 +145,8 @@ class OptimConfig:
         """Tokens per optimiser step over all ranks: batch_instances * tokens_per_instance."""
         return self.batch_instances * self.tokens_per_instance
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        coerce_choices(self, "optim")
         if self.lr <= 0:
             raise ValueError(f"optim.lr={self.lr}: must be > 0 (paper: 2e-4).")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -196,17 +169,3 @@ class OptimConfig:
             raise ValueError(f"optim.micro_batch_instances={self.micro_batch_instances}: must be >= 1 or null.")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"optim.grad_clip={self.grad_clip}: must be > 0, or null to disable clipping.")
-        if self.cache_dtype not in ("bfloat16", "float16", "float32"):
-            raise ValueError(f"optim.cache_dtype={self.cache_dtype!r}: choose bfloat16 | float16 | float32.")
-
-    @classmethod
-    def paper(cls) -> "OptimConfig":
-        """Appendix C.1: 5K steps of 128 instances (~60K tokens)."""
-        return cls()
-
-    @classmethod
-    def demo(cls) -> "OptimConfig":
-        """Offline default on 2 CPU cores: 200 steps of 1,024 tokens (~205K tokens), lr 1e-3
-        because 200 steps at the paper's 2e-4 barely move a fresh dictionary."""
-        return cls(max_steps=200, batch_instances=8, tokens_per_instance=128, max_tokens_per_instance=256,
-                   docs_per_forward=8, shuffle_buffer_tokens=8192, checkpoint_every_n_steps=50, lr=1e-3)

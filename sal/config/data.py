@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-_BACKENDS = ("hf", "vllm")
+from sal.config.choices import GenerationBackend, ResponsesFrom, Unfinished, coerce_choices
 
 
 @dataclass
 class GenerationConfig:
-    backend: str = "hf"
+    backend: GenerationBackend = GenerationBackend.hf
     """hf (batched transformers generate, CPU or GPU) or vllm (needs the vllm extra)."""
     prompt: str = "r1_zero"
     """Prompt template name in sal.data.prompts (R1-Zero / Open-Reasoner-Zero style)."""
@@ -34,9 +34,8 @@ class GenerationConfig:
     """Under torchrun/SLURM only global rank 0 generates; the other ranks wait this long for
     its corpus before giving up."""
 
-    def validate(self) -> None:
-        if self.backend not in _BACKENDS:
-            raise ValueError(f"data.generation.backend={self.backend!r}: choose one of {_BACKENDS}.")
+    def __post_init__(self) -> None:
+        coerce_choices(self, "data.generation")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("data.generation.max_new_tokens and batch_size must be >= 1.")
         if not 0 < self.vllm_gpu_memory_utilization <= 1 or self.vllm_tensor_parallel_size < 1:
@@ -64,7 +63,7 @@ class DataConfig:
     """MATH split the rule set is stratified from (needs type and level fields)."""
     rule_set_per_stratum: int = 100
     """Samples per (type, level) stratum in the rule set (paper: 100, ~3267 in total)."""
-    responses_from: str = "self"
+    responses_from: ResponsesFrom = ResponsesFrom.self
     """self: the subject model writes its own responses (the paper). pretrained: a
     model.init=random control reads the responses its pretrained twin wrote, so the null
     model differs from the real one in its weights only."""
@@ -75,12 +74,14 @@ class DataConfig:
     question and the response. Generation gives each response at most what is left after its
     question (and at most generation.max_new_tokens); training (optim.max_tokens_per_instance
     follows it), the feature pass and the rule pass read documents cut at it."""
-    rule_set_unfinished: str = "exclude"
+    rule_set_unfinished: Unfinished = Unfinished.exclude
     """exclude: the rule set leaves out responses that did not finish (no end of sequence
     within the budget), so Appendix D's last token is the real end of a response | include."""
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         from sal.data.sources import SOURCES
+
+        coerce_choices(self, "data")
 
         unknown = [s for s in [*self.sources, self.rule_set_source] if s not in SOURCES]
         if unknown:
@@ -93,8 +94,4 @@ class DataConfig:
             raise ValueError(f"data.rule_set_per_stratum={self.rule_set_per_stratum} must be >= 1.")
         if self.max_doc_tokens < 2:
             raise ValueError(f"data.max_doc_tokens={self.max_doc_tokens} must be >= 2 (a question and a response).")
-        if self.rule_set_unfinished not in ("exclude", "include"):
-            raise ValueError(f"data.rule_set_unfinished={self.rule_set_unfinished!r}: choose exclude or include.")
-        if self.responses_from not in ("self", "pretrained"):
-            raise ValueError(f"data.responses_from={self.responses_from!r}: choose self or pretrained.")
-        self.generation.validate()
+

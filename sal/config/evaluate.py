@@ -5,13 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from sal.config.choices import (SOUNDNESS_CATEGORIES, Analysis, CountScope, EmptyCategory, Metric, PowerSource,
+                                WorldMode, coerce_choices)
 from sal.config.validation import NetworkValidationConfig
-
-_EMPTY = ("error", "drop")
-_ANALYSES = ("single", "compare", "validate", "planted", "power", "robustness")
-_MODES = ("aware", "agnostic")
-_SCOPES = ("planted", "all")
-_POWER_SOURCES = ("world", "run")
 
 
 def _check_range(name: str, values, low: float, high: float) -> None:
@@ -38,7 +34,7 @@ class EvalConfig:
     """Label permutations for the p-value against a soundness-agnostic model."""
     ci_level: float = 0.95
     """Coverage of the bootstrap confidence interval."""
-    empty_category: str = "error"
+    empty_category: EmptyCategory = EmptyCategory.error
     """What to do when a soundness category has no labelled rules: error (stop, naming it)
     or drop (compute SAL over the other categories, with a warning in the report)."""
     human_labels: Optional[str] = None
@@ -48,7 +44,7 @@ class EvalConfig:
     """A category with fewer labelled rules than this is treated like an empty one (error or
     drop, as empty_category says): a histogram of two or three rules is not a distribution,
     and its JSD to the others is noise."""
-    categories: List[str] = field(default_factory=lambda: ["Strict", "Plausible", "No"])
+    categories: List[str] = field(default_factory=lambda: list(SOUNDNESS_CATEGORIES))
     """Soundness categories the judge assigns, in the paper's order."""
     n_case_studies: int = 5
     """Rules per category in the Table 2-style case-study table (highest probability first)."""
@@ -58,7 +54,8 @@ class EvalConfig:
     holds ΔSAL = SAL(this run) - SAL(null twin) with its CI and one-sided p-value; the
     twin must be evaluated first."""
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        coerce_choices(self, "evaluate")
         if self.n_rules_per_arity < 1:
             raise ValueError(
                 f"evaluate.n_rules_per_arity={self.n_rules_per_arity}: must be >= 1."
@@ -75,10 +72,6 @@ class EvalConfig:
             )
         if not 0 < self.ci_level < 1:
             raise ValueError(f"evaluate.ci_level={self.ci_level}: must be in (0, 1), e.g. 0.95.")
-        if self.empty_category not in _EMPTY:
-            raise ValueError(
-                f"evaluate.empty_category={self.empty_category!r}: choose one of {_EMPTY}."
-            )
         if len(set(self.categories)) < 2:
             raise ValueError(
                 f"evaluate.categories={list(self.categories)}: need at least 2 distinct ones."
@@ -101,7 +94,7 @@ class WorldConfig:
     ``s`` is ``separation`` (forced to 0 in the agnostic world).
     """
 
-    mode: str = "aware"
+    mode: WorldMode = WorldMode.aware
     """aware (the kinds get different strengths, scaled by separation) or agnostic (all kinds
     share one strength distribution; separation is ignored)."""
     separation: float = 1.0
@@ -135,7 +128,7 @@ class WorldConfig:
     """Mean number of background features active per sample."""
     zipf_exponent: float = 1.1
     """Background feature popularity falls as rank**-zipf_exponent."""
-    count_scope: str = "all"
+    count_scope: CountScope = CountScope.all
     """Features the rule counter sees: all (realistic, slower) or planted (only the planted
     features; the planted rules' counts are identical either way)."""
     min_premise_count: int = 20
@@ -145,11 +138,8 @@ class WorldConfig:
     seed: int = 0
     """Seed of the whole world."""
 
-    def validate(self) -> None:
-        if self.mode not in _MODES:
-            raise ValueError(f"world.mode={self.mode!r}: choose one of {_MODES}.")
-        if self.count_scope not in _SCOPES:
-            raise ValueError(f"world.count_scope={self.count_scope!r}: choose one of {_SCOPES}.")
+    def __post_init__(self) -> None:
+        coerce_choices(self, "world")
         if not 0 <= self.separation <= 1:
             raise ValueError(f"world.separation={self.separation}: must be in [0, 1].")
         if self.n_layers < 2:
@@ -194,7 +184,7 @@ class WorldConfig:
 
 @dataclass
 class PowerConfig:
-    source: str = "world"
+    source: PowerSource = PowerSource.world
     """Where the rule probabilities come from: world (the planted world in `world=`) or run
     (a finished run's labelled rules, resampled; give analysis.run_dirs[0])."""
     n_grid: List[int] = field(
@@ -220,11 +210,8 @@ class PowerConfig:
     price_per_1k_tokens: float = 0.00219
     """Price in USD per 1,000 tokens (default: DeepSeek-R1 output price, 2.19 USD per 1M)."""
 
-    def validate(self) -> None:
-        if self.source not in _POWER_SOURCES:
-            raise ValueError(
-                f"analysis.power.source={self.source!r}: choose one of {_POWER_SOURCES}."
-            )
+    def __post_init__(self) -> None:
+        coerce_choices(self, "analysis.power")
         if not self.n_grid or min(self.n_grid) < 2:
             raise ValueError(
                 f"analysis.power.n_grid={list(self.n_grid)}: give rule counts >= 2."
@@ -273,7 +260,7 @@ class RobustnessConfig:
     n_features: List[int] = field(default_factory=lambda: [128, 512])
     """Other dictionary widths C (crosscoder.n_features), first seed only; [] skips them."""
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"analysis.robustness.seeds={list(self.seeds)}: give one or more distinct seeds.")
         if any(b < 2 for b in self.bins):
@@ -287,7 +274,7 @@ class RobustnessConfig:
 
 @dataclass
 class AnalysisConfig:
-    name: str = "single"
+    name: Analysis = Analysis.single
     """single (SAL of one run), compare (many runs vs post-RL accuracy), robustness (seeds and
     settings of the dictionary), validate (trained networks on a synthetic language), planted
     (planted layer counts: the plumbing) or power (judge budget)."""
@@ -315,7 +302,7 @@ class AnalysisConfig:
     """validate: worlds per separation (seeds world.seed, world.seed + 1, ...)."""
     power: PowerConfig = field(default_factory=PowerConfig)
     """Settings of analysis=power."""
-    metric: str = "sal"
+    metric: Metric = Metric.sal
     """compare: sal, or delta_sal (SAL minus the null twin's, from runs evaluated with
     evaluate.null_twin): the gap speaks about the model, not its text."""
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
@@ -325,9 +312,8 @@ class AnalysisConfig:
     and shuffled text) and the sizes of their crosscoders and statistics
     (sal.network_validation). analysis=planted is the planted-counts check (world=)."""
 
-    def validate(self) -> None:
-        if self.name not in _ANALYSES:
-            raise ValueError(f"analysis.name={self.name!r}: choose one of {_ANALYSES}.")
+    def __post_init__(self) -> None:
+        coerce_choices(self, "analysis")
         if self.name == "compare" and not (self.run_dirs or self.multirun_dir or self.sal_csv):
             raise ValueError(
                 "analysis=compare needs models: set analysis.run_dirs=[...], "
@@ -339,18 +325,8 @@ class AnalysisConfig:
             )
         if self.n_seeds < 1:
             raise ValueError(f"analysis.n_seeds={self.n_seeds}: must be >= 1.")
-        if self.metric not in ("sal", "delta_sal"):
-            raise ValueError(f"analysis.metric={self.metric!r}: choose sal or delta_sal.")
         if self.name == "compare" and self.metric == "delta_sal" and not (self.run_dirs or self.multirun_dir):
             raise ValueError("analysis.metric=delta_sal needs runs evaluated with evaluate.null_twin "
                              "(analysis.run_dirs=[...] or analysis.multirun_dir=...): the paper's table has no ΔSAL.")
-        if self.name == "robustness":
-            self.robustness.validate()
-        if self.name == "validate":
-            self.network.validate()
-        if self.name == "power":
-            self.power.validate()
-            if self.power.source == "run" and not self.run_dirs:
-                raise ValueError(
-                    "analysis.power.source=run needs analysis.run_dirs=[<finished run>]."
-                )
+        if self.name == "power" and self.power.source == "run" and not self.run_dirs:
+            raise ValueError("analysis.power.source=run needs analysis.run_dirs=[<finished run>].")

@@ -4,39 +4,12 @@ the feature-interpretation stage that uses it (paper Section 2.2, Appendix C.2 a
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
-from omegaconf import OmegaConf
-
-BACKENDS = ("openai", "hf_local", "lexical", "replay")
-
-
-def launch_path(path: str) -> str:
-    """`path` made absolute against the directory the run was launched from (Hydra's
-    original working directory, whatever hydra.job.chdir says; the current one outside
-    Hydra). Behind ``${sal.abspath:...}`` in conf/judge: a relative $SAL_CACHE must name one
-    judge cache for every run, not one under each run directory."""
-    p = Path(os.path.expanduser(str(path)))
-    if p.is_absolute():
-        return str(p)
-    base = os.getcwd()
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.utils import get_original_cwd
-
-        if HydraConfig.initialized():
-            base = get_original_cwd()
-    except (ImportError, ValueError):
-        pass
-    return str(Path(base) / p)
-
-
-if not OmegaConf.has_resolver("sal.abspath"):
-    OmegaConf.register_new_resolver("sal.abspath", launch_path)
+from sal.config.choices import ActivationUnit, JudgeBackend, ModelDtype, coerce_choices
+from sal.config.paths import launch_path  # noqa: F401  (registers ${sal.abspath:})
 
 
 def base_url_problem(url: str) -> Optional[str]:
@@ -65,7 +38,7 @@ class JudgeConfig:
     never leak it.
     """
 
-    backend: str = "lexical"
+    backend: JudgeBackend = JudgeBackend.lexical
     """One of "openai" (any OpenAI-compatible HTTP server: DeepSeek API, vLLM, Ollama),
     "hf_local" (a local transformers causal LM), "lexical" (deterministic token patterns,
     no model; cannot judge rules) or "replay" (answers read from `replay_path`)."""
@@ -171,7 +144,7 @@ class JudgeConfig:
     hf_device: str = "cpu"
     """hf_local: torch device for the local judge model."""
 
-    hf_dtype: str = "auto"
+    hf_dtype: ModelDtype = ModelDtype.auto
     """hf_local: dtype of the judge model: auto | float32 | bfloat16 | float16. auto is
     bfloat16 on a GPU or a CPU with native bf16 and float32 elsewhere (sal.hardware);
     validation replaces it by the resolved name."""
@@ -210,7 +183,7 @@ class JudgeConfig:
     """lexical: a pattern must end at least this share of the explained spans to be reported
     as "Exact pattern"; otherwise the explanation is "Cannot Tell"."""
 
-    def validate(self) -> "JudgeConfig":
+    def __post_init__(self) -> None:
         # Imported here: sal.judge's package imports this module.
         from sal.errors import ConfigError
         from sal.judge.secrets import REDACTED, env_key_problem, redact
@@ -218,8 +191,7 @@ class JudgeConfig:
         def bad(field: str, value, fix: str) -> ConfigError:  # a ValueError too
             return ConfigError(f"judge.{field}={value!r} is invalid: {fix}")
 
-        if self.backend not in BACKENDS:
-            raise bad("backend", self.backend, f"choose one of {', '.join(BACKENDS)}")
+        coerce_choices(self, "judge")
         if self.backend == "openai":
             url_problem = base_url_problem(self.base_url)
             if url_problem:
@@ -253,8 +225,6 @@ class JudgeConfig:
             raise bad("max_parse_retries", self.max_parse_retries, "use 0 or more")
         if self.price_per_1k_prompt < 0 or self.price_per_1k_completion < 0:
             raise bad("price_per_1k_prompt", self.price_per_1k_prompt, "prices cannot be negative")
-        if self.hf_dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise bad("hf_dtype", self.hf_dtype, "choose auto, float32, bfloat16 or float16")
         if self.hf_max_new_tokens < 1:
             raise bad("hf_max_new_tokens", self.hf_max_new_tokens, "use a positive integer")
         if self.hf_batch_size < 1:
@@ -265,7 +235,6 @@ class JudgeConfig:
             raise bad("lexical_max_ngram", self.lexical_max_ngram, "use at least 1")
         if not 0.0 < self.lexical_min_share <= 1.0:
             raise bad("lexical_min_share", self.lexical_min_share, "use a share in (0, 1]")
-        return self
 
 
 @dataclass
@@ -283,7 +252,7 @@ class InterpretConfig:
     """A feature is "sufficiently activated", hence interpreted, when it fires in at least
     this many documents of the corpus (activation_unit)."""
 
-    activation_unit: str = "documents"
+    activation_unit: ActivationUnit = ActivationUnit.documents
     """What min_activations counts: documents (a feature counts once per document it fires
     in; Appendix C.2's "over 30 times, an occurrence probability of 0.02%" is 30 of its 128K
     documents) | tokens (every token it fires on)."""
@@ -295,7 +264,9 @@ class InterpretConfig:
     """Activation threshold: a feature fires on a token when its activation (max over the
     crosscoder's layers) exceeds tau. Keep equal to the rule counter's tau."""
 
-    def validate(self) -> "InterpretConfig":
+    def __post_init__(self) -> None:
+        coerce_choices(self, "interpret")
+
         def bad(field: str, value, fix: str) -> ValueError:
             return ValueError(f"interpret.{field}={value!r} is invalid: {fix}")
 
@@ -305,10 +276,7 @@ class InterpretConfig:
             raise bad("explain_top", self.explain_top, f"use a value in [1, top_k={self.top_k}] (paper: 15)")
         if self.min_activations < 1:
             raise bad("min_activations", self.min_activations, "use at least 1 (paper: 30)")
-        if self.activation_unit not in ("documents", "tokens"):
-            raise bad("activation_unit", self.activation_unit, "choose documents or tokens")
         if self.span_window < 1:
             raise bad("span_window", self.span_window, "use at least 1 token")
         if not math.isfinite(self.tau):
             raise bad("tau", self.tau, "use a finite threshold")
-        return self

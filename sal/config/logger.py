@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from sal.config.choices import WandbMode, coerce_choices
+
 
 @dataclass
 class LoggerConfig:
@@ -14,11 +16,10 @@ class LoggerConfig:
     """W&B project name."""
     wandb_entity: Optional[str] = None
     """W&B entity (team or user); None uses the default."""
-    wandb_mode: str = "auto"
+    wandb_mode: WandbMode = WandbMode.auto
     """auto (online iff WANDB_API_KEY is set), online, offline or disabled."""
     csv: bool = True
     """Also write every metric to CSV in the run directory."""
 
-    def validate(self) -> None:
-        if self.wandb_mode not in ("auto", "online", "offline", "disabled"):
-            raise ValueError(f"logger.wandb_mode={self.wandb_mode!r}: choose auto|online|offline|disabled.")
+    def __post_init__(self) -> None:
+        coerce_choices(self, "logger")

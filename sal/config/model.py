@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-_SOURCES = ("hub", "local", "gguf", "tiny")
-_INITS = ("pretrained", "random")
-_DTYPES = ("auto", "float32", "bfloat16", "float16")
+from sal.config.choices import ModelDtype, ModelInit, ModelSource, coerce_choices
 
 
 @dataclass
@@ -16,7 +14,7 @@ class ModelConfig:
     """Short name used in run directories and run names."""
     hub_id: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     """HuggingFace hub id (recorded even for offline sources, for provenance)."""
-    source: str = "gguf"
+    source: ModelSource = ModelSource.gguf
     """Where weights come from: hub | local | gguf (packaged file) | tiny (random config)."""
     local_path: Optional[str] = None
     """Directory of a saved HF model, for source=local."""
@@ -26,7 +24,7 @@ class ModelConfig:
     """GGUF file name inside gguf_package."""
     revision: Optional[str] = None
     """Hub revision (commit or tag) to pin, for source=hub."""
-    init: str = "pretrained"
+    init: ModelInit = ModelInit.pretrained
     """pretrained | random. random keeps the architecture and tokenizer but re-initialises
     every weight (seeded): the 'null model' control of the report."""
     seed: int = 0
@@ -35,7 +33,7 @@ class ModelConfig:
     """Number of decoder blocks; known here so layer choice resolves without network."""
     d_model: int = 576
     """Residual-stream width."""
-    dtype: str = "auto"
+    dtype: ModelDtype = ModelDtype.auto
     """Weights dtype for generation and activation work: auto | float32 | bfloat16 |
     float16. auto is bfloat16 on a GPU or a CPU with native bf16 and float32 elsewhere
     (sal.hardware); validation replaces it by the resolved name."""
@@ -52,13 +50,8 @@ class ModelConfig:
     tiny_config: Dict[str, Any] = field(default_factory=dict)
     """LlamaConfig keyword arguments for source=tiny."""
 
-    def validate(self) -> None:
-        if self.source not in _SOURCES:
-            raise ValueError(f"model.source={self.source!r}: choose one of {_SOURCES}.")
-        if self.init not in _INITS:
-            raise ValueError(f"model.init={self.init!r}: choose one of {_INITS}.")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"model.dtype={self.dtype!r}: choose one of {_DTYPES}.")
+    def __post_init__(self) -> None:
+        coerce_choices(self, "model")
         if self.source == "local" and not self.local_path:
             raise ValueError("model.source=local needs model.local_path=/path/to/hf_dir.")
         if self.source == "gguf" and not (self.gguf_package and self.gguf_file):

@@ -5,15 +5,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-AGGREGATIONS = ("last_token", "any_token", "algorithm1")
-EXPLANATION_LEVELS = ("Yes", "Probably", "Maybe")
+from sal.config.choices import Aggregation, ExplanationLevel, coerce_choices
 
 
 @dataclass
 class RulesConfig:
     """How per-sample layer counts are formed and how 1-/2-premise rules are counted (Appendix D)."""
 
-    aggregate: str = "last_token"
+    aggregate: Aggregation = Aggregation.last_token
     """How a sample's activations [tokens, layers, features] become its layer-count vector:
     ``last_token`` (paper's text: layers where the feature fires at the last non-padding token),
     ``any_token`` (layers where it fires at any token), ``algorithm1`` (literal Algorithm 1: sum
@@ -41,7 +40,7 @@ class RulesConfig:
     ``min_explanation_level`` or better (the paper's choice); all live features when no
     interpretation results exist yet or when False."""
 
-    min_explanation_level: str = "Maybe"
+    min_explanation_level: ExplanationLevel = ExplanationLevel.Maybe
     """Weakest verification label that keeps a feature when ``restrict_to_explained``:
     ``Yes``, ``Probably`` or ``Maybe``."""
 
@@ -65,10 +64,9 @@ class RulesConfig:
     progress: bool = True
     """Show progress bars for the feature pass and the counting."""
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         """Raise ``ValueError`` naming the field, the bad value and the fix."""
-        if self.aggregate not in AGGREGATIONS:
-            raise ValueError(f"rules.aggregate={self.aggregate!r}: choose one of {', '.join(AGGREGATIONS)}")
+        coerce_choices(self, "rules")
         if self.max_premises not in (1, 2):
             raise ValueError(f"rules.max_premises={self.max_premises!r}: must be 1 or 2 (Appendix D counts up to two premises)")
         if not math.isfinite(self.tau):
@@ -80,10 +78,6 @@ class RulesConfig:
         if self.min_rule_count < 1:
             raise ValueError(
                 f"rules.min_rule_count={self.min_rule_count!r}: must be >= 1 (rules never observed are not enumerated)"
-            )
-        if self.min_explanation_level not in EXPLANATION_LEVELS:
-            raise ValueError(
-                f"rules.min_explanation_level={self.min_explanation_level!r}: choose one of {', '.join(EXPLANATION_LEVELS)}"
             )
         if not self.memory_budget_gb > 0:
             raise ValueError(f"rules.memory_budget_gb={self.memory_budget_gb!r}: must be > 0 (e.g. 4)")

@@ -19,17 +19,10 @@ from sal.config.evaluate import AnalysisConfig, EvalConfig, WorldConfig
 from sal.config.judge import InterpretConfig, JudgeConfig
 from sal.config.logger import LoggerConfig
 from sal.config.model import LayersConfig, ModelConfig
+from sal.config.paths import PathsConfig, cache_root
 from sal.config.rules import RulesConfig
 from sal.config.trainer import TrainerConfig
 from sal.layers import even_layers
-
-
-@dataclass
-class PathsConfig:
-    runs_root: str = "runs"
-    """Single runs write to <runs_root>/<model.name>/<run_name>."""
-    cache_dir: str = "${oc.env:SAL_CACHE,.cache/sal}"
-    """Corpora, converted models and activation caches shared by all runs."""
 
 
 @dataclass
@@ -91,6 +84,8 @@ class SALConfig:
 def _register_resolvers() -> None:
     if not OmegaConf.has_resolver("sal.even_layers"):
         OmegaConf.register_new_resolver("sal.even_layers", lambda n, k: even_layers(int(n), int(k)))
+    if not OmegaConf.has_resolver("sal.cache_root"):
+        OmegaConf.register_new_resolver("sal.cache_root", lambda: str(cache_root()))
     if not OmegaConf.has_resolver("sal.len"):
         OmegaConf.register_new_resolver("sal.len", lambda xs: len(xs))
 
@@ -110,6 +105,7 @@ def resolve_auto_trainer(trainer: TrainerConfig) -> None:
         trainer.accelerator = "gpu" if gpu else "cpu"
     if trainer.precision == "auto":
         trainer.precision = "bf16-mixed" if gpu else "32-true"
+    trainer.check_precision_fits()
 
 
 def resolve_auto_dtypes(cfg: SALConfig) -> None:
@@ -126,21 +122,21 @@ def resolve_auto_dtypes(cfg: SALConfig) -> None:
 def validate_config(cfg) -> SALConfig:
     """Typed, checked view of a composed config; raises ConfigError naming the fix.
 
-    Runs before any model loads: every sub-config's own ``validate()``, then the checks that
-    span groups (layer indices against the model's depth, the sparsity coefficient). The
+    Runs before any model loads: building the typed object runs every sub-config's
+    ``__post_init__`` (its own fields; OmegaConf already checked the enum choices while
+    composing), then the checks that span groups (layer indices against the model's depth, the sparsity coefficient). The
     checks come before torch is imported (to resolve the ``auto`` choices against the
     hardware), so that a wrong setting is reported within a second or two.
     """
     from sal.errors import ConfigError
 
     try:
-        obj: SALConfig = OmegaConf.to_object(cfg)
+        obj: SALConfig = OmegaConf.to_object(cfg)  # every config's __post_init__ checks its own fields
         _check(obj)
         resolve_auto_trainer(obj.trainer)
-        obj.trainer.validate()
     except ConfigError:
         raise
-    except ValueError as err:  # every validate() raises ValueError; all of them are the user's to fix
+    except ValueError as err:  # every config check raises ValueError; all of them are the user's to fix
         raise ConfigError(str(err)) from err
     resolve_auto_dtypes(obj)
     return obj
@@ -149,9 +145,6 @@ def validate_config(cfg) -> SALConfig:
 def _check(obj: SALConfig) -> None:
     from sal.layers import validate_layers
 
-    if obj.sparsity < 0:
-        raise ValueError(f"sparsity={obj.sparsity} is negative: the sparsity coefficient must be >= 0 "
-                         f"(the paper uses 5e-3, and 3e-3 for qwen2.5-14b).")
     validate_layers(obj.layers.indices, obj.model.n_layers)
     if obj.data.max_doc_tokens > obj.model.max_seq_len:
         raise ValueError(f"data.max_doc_tokens={obj.data.max_doc_tokens} exceeds {obj.model.name}'s context window "
@@ -160,8 +153,3 @@ def _check(obj: SALConfig) -> None:
         raise ValueError(f"optim.max_tokens_per_instance={obj.optim.max_tokens_per_instance} differs from "
                          f"data.max_doc_tokens={obj.data.max_doc_tokens}: one document length serves generation, "
                          f"training and the feature passes; set data.max_doc_tokens only.")
-    for name in ("model", "crosscoder", "optim", "data", "judge", "interpret", "rules", "evaluate",
-                 "analysis", "world", "logger"):  # the trainer once its "auto" choices are resolved
-        sub = getattr(obj, name)
-        if hasattr(sub, "validate"):
-            sub.validate()

@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Union
 
-_ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
-_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
+from sal.config.choices import Accelerator, MatmulPrecision, coerce_choices
+
+# Not an enum: OmegaConf matches enum members by name, and "32-true" is no identifier.
+_PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 
 
 @dataclass
@@ -15,7 +17,7 @@ class TrainerConfig:
     """Lightning Trainer settings. Multi-node runs need nothing extra: Lightning detects
     SLURM / TorchElastic / MPI cluster environments and reads ranks from them."""
 
-    accelerator: str = "cpu"
+    accelerator: Accelerator = Accelerator.cpu
     """cpu | gpu | cuda | auto."""
     devices: Union[int, str] = 1
     """Processes (GPUs) per node; "auto" uses every visible device."""
@@ -24,7 +26,7 @@ class TrainerConfig:
     strategy: str = "auto"
     """auto | ddp | ddp_spawn | ... (ddp uses gloo on CPU, nccl on GPU)."""
     precision: str = "32-true"
-    """32-true (CPU default) | bf16-mixed (GPU default: bf16 matmuls, fp32 weights and
+    """auto (bf16-mixed on a GPU, 32-true on CPU) | 32-true (CPU default) | bf16-mixed (GPU default: bf16 matmuls, fp32 weights and
     optimiser; also ~2x faster on CPUs with AVX512-BF16/AMX) | bf16-true | 16-mixed (GPU)."""
     log_every_n_steps: int = 1
     """Logging cadence; 1 logs every step, as the metric list promises."""
@@ -32,7 +34,7 @@ class TrainerConfig:
     """Show Lightning's tqdm progress bar."""
     deterministic: bool = False
     """torch deterministic algorithms (slower on GPU)."""
-    matmul_precision: str = "high"
+    matmul_precision: MatmulPrecision = MatmulPrecision.high
     """torch.set_float32_matmul_precision on GPU: highest | high (TF32) | medium."""
     device_memory_gib: Optional[float] = None
     """Memory of one device for the training plan; None reads the visible GPU (or, on CPU,
@@ -43,14 +45,11 @@ class TrainerConfig:
     assumed_mfu: float = 0.4
     """Model-FLOPs utilisation assumed by the plan's time-per-step estimate."""
 
-    def validate(self) -> None:
-        if self.accelerator not in _ACCELERATORS:
-            raise ValueError(f"trainer.accelerator={self.accelerator!r}: choose one of {_ACCELERATORS}.")
+    def __post_init__(self) -> None:
+        coerce_choices(self, "trainer")
         if self.precision not in _PRECISIONS:
-            raise ValueError(f"trainer.precision={self.precision!r}: choose one of {_PRECISIONS}.")
-        if self.accelerator == "cpu" and self.precision == "16-mixed":
-            raise ValueError("trainer.precision=16-mixed needs a GPU: on CPU use 32-true, or bf16-mixed on CPUs "
-                             "with native bf16 matmuls (AVX512-BF16 / AMX).")
+            raise ValueError(f"trainer.precision={self.precision!r}: choose one of {', '.join(_PRECISIONS)}.")
+        self.check_precision_fits()
         if isinstance(self.devices, int) and self.devices < 1:
             raise ValueError(f"trainer.devices={self.devices}: must be >= 1 or 'auto'.")
         if isinstance(self.devices, str) and self.devices != "auto":
@@ -65,33 +64,9 @@ class TrainerConfig:
             raise ValueError(f"trainer.device_peak_tflops={self.device_peak_tflops}: must be > 0 or null.")
         if not 0 < self.assumed_mfu <= 1:
             raise ValueError(f"trainer.assumed_mfu={self.assumed_mfu}: must be in (0, 1].")
-        if self.matmul_precision not in ("highest", "high", "medium"):
-            raise ValueError(f"trainer.matmul_precision={self.matmul_precision!r}: highest | high | medium.")
 
-    @classmethod
-    def cpu(cls) -> "TrainerConfig":
-        return cls()
-
-    @classmethod
-    def gpu(cls) -> "TrainerConfig":
-        return cls(accelerator="gpu", devices=1, precision="bf16-mixed")
-
-    @classmethod
-    def ddp_cpu(cls) -> "TrainerConfig":
-        """Two CPU processes over gloo (tests, laptops)."""
-        return cls(accelerator="cpu", devices=2, strategy="ddp", enable_progress_bar=False)
-
-    @classmethod
-    def ddp_8xa100(cls) -> "TrainerConfig":
-        """8 GPUs per node, bf16 mixed precision; set num_nodes for multi-node (SLURM)."""
-        return cls(accelerator="gpu", devices=8, strategy="ddp", precision="bf16-mixed", device_memory_gib=80.0,
-                   device_peak_tflops=312.0)
-
-
-TRAINER_PRESETS = {
-    "cpu": TrainerConfig.cpu,
-    "gpu": TrainerConfig.gpu,
-    "ddp_cpu": TrainerConfig.ddp_cpu,
-    "ddp_8xa100": TrainerConfig.ddp_8xa100,
-}
-"""Preset factories by the name of their conf/trainer/<name>.yaml."""
+    def check_precision_fits(self) -> None:
+        """At construction, and again once ``auto`` has become a device (schema.resolve_auto_trainer)."""
+        if self.accelerator == "cpu" and self.precision == "16-mixed":
+            raise ValueError("trainer.precision=16-mixed needs a GPU: on CPU use 32-true, or bf16-mixed on CPUs "
+                             "with native bf16 matmuls (AVX512-BF16 / AMX).")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List
 
-_AGGREGATIONS = ("last_token", "any_token", "algorithm1")
+from sal.config.choices import Aggregation, Unplanted, coerce_choices
 
 
 @dataclass
@@ -84,7 +84,7 @@ class NetworkValidationConfig:
     """Crosscoder learning rate (the paper's schedule shape: constant, then linear cool-down)."""
 
     # ------------------------------------------------------------------ rules and the judge
-    aggregate: str = "last_token"
+    aggregate: Aggregation = Aggregation.last_token
     """How a rule-set sample's activations become its layer counts (rules.aggregate)."""
     tau: float = 0.0
     """Activation threshold of the layer counts (rules.tau)."""
@@ -98,7 +98,7 @@ class NetworkValidationConfig:
     offsets: List[int] = field(default_factory=lambda: [-1, 0, 1])
     """Token offsets the judge looks at around an activation: -1 previous word ("after A"),
     0 the word itself, +1 the next word ("before C", a prediction)."""
-    unplanted: str = "no"
+    unplanted: Unplanted = Unplanted.no
     """Rules between explained features whose concepts are related by no planted relation:
     "no" (label them No: the generator draws the conclusion independently of the premises)
     or "drop" (leave them out, keeping only the planted relations' rules)."""
@@ -113,9 +113,10 @@ class NetworkValidationConfig:
     figures_dir: str = "docs/validation"
     """Where the figures are also copied (relative to the repository root); empty: not copied."""
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         """Raise ``ValueError`` naming the field, the bad value and the fix."""
         p = "analysis.network"
+        coerce_choices(self, p)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"{p}.seeds={list(self.seeds)}: give one or more distinct integers, e.g. [0, 1, 2].")
         for name in ("n_relations_per_kind", "words_per_concept", "n_filler_words", "n_train_docs", "n_heldout_docs",
@@ -144,11 +145,8 @@ class NetworkValidationConfig:
             raise ValueError(f"{p}.lr={self.lr}, crosscoder_lr={self.crosscoder_lr}: both must be > 0.")
         if self.sparsity_coef < 0:
             raise ValueError(f"{p}.sparsity_coef={self.sparsity_coef}: must be >= 0.")
-        if self.aggregate not in _AGGREGATIONS:
-            raise ValueError(f"{p}.aggregate={self.aggregate!r}: choose one of {_AGGREGATIONS}.")
         if not 0 < self.min_purity <= 1:
             raise ValueError(f"{p}.min_purity={self.min_purity}: must be in (0, 1].")
         if not self.offsets or any(abs(o) > 2 for o in self.offsets):
             raise ValueError(f"{p}.offsets={list(self.offsets)}: give offsets within [-2, 2], e.g. [-1, 0, 1].")
-        if self.unplanted not in ("no", "drop"):
-            raise ValueError(f"{p}.unplanted={self.unplanted!r}: choose 'no' or 'drop'.")
+

@@ -9,11 +9,11 @@ from sal.judge.items import explain_item, rule_item, verify_item
 from sal.judge.parse import (
     CATEGORIES,
     DECISIONS,
-    Judgement,
+    RuleVerdict,
     Summary,
     parse_answer,
     parse_decision,
-    parse_judgement,
+    parse_rule_verdict,
     parse_summary,
 )
 from sal.judge.replay import explain_key, export_judgments, rule_key, verify_key
@@ -26,16 +26,16 @@ from sal.judge.types import (
     UNPARSEABLE,
     VERIFY,
     JudgeItem,
-    JudgeReport,
+    JudgeTally,
     Judgment,
     Span,
 )
 
 __all__ = [
     "CATEGORIES", "DECISIONS", "DECLINED", "EXPLAIN", "FAILED", "OK", "RULE", "UNPARSEABLE", "VERIFY",
-    "Judge", "JudgeCache", "JudgeItem", "JudgeReport", "Judgement", "Judgment", "Span", "Summary",
+    "Judge", "JudgeCache", "JudgeItem", "JudgeTally", "Judgment", "RuleVerdict", "Span", "Summary",
     "TransportError", "cache_key", "explain_item", "explain_key", "export_judgments", "make_judge",
-    "parse_answer", "parse_decision", "parse_judgement", "parse_summary", "preflight", "rule_item", "rule_key",
+    "parse_answer", "parse_decision", "parse_rule_verdict", "parse_summary", "preflight", "rule_item", "rule_key",
     "run_sync", "verify_item", "verify_key",
 ]
 

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from sal.config.judge import JudgeConfig
 from sal.judge.cache import JudgeCache, cache_key
 from sal.judge.parse import parse_answer
-from sal.judge.types import FAILED, OK, UNPARSEABLE, JudgeItem, JudgeReport, Judgment
+from sal.judge.types import FAILED, OK, UNPARSEABLE, JudgeItem, JudgeTally, Judgment
 
 log = logging.getLogger("sal.judge")
 T = TypeVar("T")
@@ -75,8 +75,8 @@ class Judge(ABC):
     a replay of human labels per rule does): then items with equal prompts are judged once."""
 
     def __init__(self, config: JudgeConfig):
-        self.config = config.validate()
-        self.report = JudgeReport(backend=self.backend, model=self.model_id)
+        self.config = config
+        self.tally = JudgeTally(backend=self.backend, model=self.model_id)
 
     @property
     def model_id(self) -> str:
@@ -120,7 +120,7 @@ class Judge(ABC):
                 judgment = await self._judge_one(items[i])
                 for j in copies[i]:
                     results[j] = judgment._replace(key=items[j].key)
-                    self.report.count(results[j])
+                    self.tally.count(results[j])
                 bar.update(len(copies[i]))
 
         try:
@@ -137,7 +137,7 @@ class Judge(ABC):
         missing = [items[i].key for i, r in enumerate(results) if r is None]
         if missing:  # cannot happen unless a worker died; refuse to return holes
             raise RuntimeError(f"judge lost {len(missing)} items, e.g. {missing[:3]}")
-        log.info("%s (cumulative)", self.report.summary())
+        log.info("%s (cumulative)", self.tally.summary())
         problems = [r for r in results if r.status != OK]
         if problems:
             log.warning(
@@ -190,7 +190,7 @@ class PromptJudge(Judge):
                 if pending.cancelled():  # its owner was cancelled, not this item: ask ourselves
                     continue
                 raise
-            self.report.n_shared += 1
+            self.tally.n_shared += 1
             return completion
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending[key] = future
@@ -229,11 +229,11 @@ class PromptJudge(Judge):
         all_cached = True
         for sample in range(n_samples):
             if sample:
-                self.report.n_parse_retries += 1
+                self.tally.n_parse_retries += 1
             key = self._key(item, sample)
             record = self.cache.get(key) if self.cache is not None else None
             if record is not None:
-                self.report.n_cache_hits += 1
+                self.tally.n_cache_hits += 1
                 raw = record.get("text")
                 finish = record.get("finish_reason")
             else:

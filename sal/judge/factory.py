@@ -17,16 +17,13 @@ def make_judge(
     tokenizer: Any = None,
     loader: Any = None,
     model_id: Optional[str] = None,
-    transport: Any = None,
 ) -> Judge:
     """The judge named by `config.backend`.
 
     run_dir: a relative `config.cache_dir` is resolved against it (absolute ones are used
     as they are). model/tokenizer/loader/model_id: hf_local only, an already loaded
     causal LM and tokenizer, or a zero-argument callable returning (model, tokenizer);
-    without them the model is loaded from `config.hf_model` on first use. transport:
-    openai only, an httpx transport (tests)."""
-    config.validate()
+    without them the model is loaded from `config.hf_model` on first use."""
     cache_root = None
     if config.cache_dir:
         cache_root = Path(config.cache_dir)
@@ -35,7 +32,7 @@ def make_judge(
     if config.backend == "openai":
         from sal.judge.openai_http import OpenAIJudge
 
-        return OpenAIJudge(config, cache_root=cache_root, transport=transport)
+        return OpenAIJudge(config, cache_root=cache_root)
     if config.backend == "hf_local":
         from sal.judge.hf_local import HFLocalJudge
 
@@ -48,4 +45,4 @@ def make_judge(
         from sal.judge.replay import ReplayJudge
 
         return ReplayJudge(config)
-    raise ValueError(f"judge.backend={config.backend!r} is unknown")  # validate() prevents this
+    raise ValueError(f"judge.backend={config.backend!r} is unknown")  # JudgeConfig refuses other backends when built

@@ -181,8 +181,8 @@ class HFLocalJudge(PromptJudge):
         if self._model is None:
             self._model, self._tokenizer = self._loader()
             self._model.eval()
-            if self.report.model in ("hf_local:<loader>",):
-                self.report.model = self.model_id
+            if self.tally.model in ("hf_local:<loader>",):
+                self.tally.model = self.model_id
 
     def _context_ids(self, prompt: str) -> list[int]:
         tok = self._tokenizer
@@ -330,8 +330,8 @@ class HFLocalJudge(PromptJudge):
         call, computed now). Runs on the event loop's thread, not asyncio.to_thread: every
         new thread that calls torch starts its own OpenMP pool whose spinning workers then
         slow every later forward pass."""
-        self.report.n_requests += 1
+        self.tally.n_requests += 1
         completion = self._answered.pop((item.task, item.prompt), None) or self._answer([item])[0]
-        self.report.prompt_tokens += completion.prompt_tokens
-        self.report.completion_tokens += completion.completion_tokens
+        self.tally.prompt_tokens += completion.prompt_tokens
+        self.tally.completion_tokens += completion.completion_tokens
         return completion

@@ -10,13 +10,13 @@ import json
 import logging
 import math
 import os
-import random
 import socket
 import ssl
 import time
 from typing import AsyncIterator, Optional
 
 import httpx
+import tenacity
 
 from sal.config.judge import JudgeConfig
 from sal.errors import CredentialError, UnreachableError
@@ -208,7 +208,11 @@ class OpenAIJudge(PromptJudge):
         self._slots: Optional[asyncio.Queue] = None
         self._stack: Optional[contextlib.AsyncExitStack] = None
         self._users = 0  # batches sharing the open clients (concurrent ajudge calls)
-        self._rng = random.Random()
+        # "Equal jitter": a fixed half of d = min(backoff_max_s, backoff_base_s * 2**retry) plus
+        # a uniform half, so the wait lies in [d/2, d] and items that failed together do not
+        # all come back together.
+        half = dict(multiplier=config.backoff_base_s / 2, max=config.backoff_max_s / 2)
+        self._backoff = tenacity.wait_exponential(**half) + tenacity.wait_random_exponential(**half)
         self._secret: Optional[str] = None  # the key, only to redact it from server messages
         self.limit = config.concurrency
         """Requests kept in flight now: `concurrency`, lowered when timeouts repeat."""
@@ -307,12 +311,6 @@ class OpenAIJudge(PromptJudge):
         else:
             self._slots.put_nowait(client)
 
-    def _backoff(self, attempt: int) -> float:
-        """Exponential back-off with jitter: uniform in [d/2, d], d = base * 2**attempt."""
-        c = self.config
-        ceiling = min(c.backoff_max_s, c.backoff_base_s * (2 ** attempt))
-        return ceiling * (0.5 + 0.5 * self._rng.random())
-
     def _body(self) -> dict:
         c = self.config
         body = {"model": c.model, "temperature": c.temperature, "top_p": c.top_p, "stream": c.stream}
@@ -326,28 +324,37 @@ class OpenAIJudge(PromptJudge):
         assert self._slots is not None, "use ajudge()/judge()"
         c = self.config
         body = {**self._body(), "messages": [{"role": "user", "content": item.prompt}]}
-        errors: list[str] = []
-        for attempt in range(c.max_retries + 1):
-            client = await self._slots.get()  # a free request slot (the concurrency limit)
-            try:
-                if self._stop is not None:  # the batch is stopping: send nothing more
-                    raise self._stop
-                self.report.n_requests += 1
-                if attempt:
-                    self.report.n_retries += 1
-                try:
-                    return self._account(*await self._send(client, body))
-                except _Retry as retry:
-                    errors.append(retry.reason)
-                    wait = retry.wait
-            finally:
-                self._give_back(client)
-            if attempt == c.max_retries:
-                break
-            delay = max(self._backoff(attempt), wait or 0.0)  # Retry-After, already capped
-            log.debug("judge request for %s: %s; retry %d in %.2f s", item.key, errors[-1], attempt + 1, delay)
-            await asyncio.sleep(delay)
-        raise TransportError(f"gave up after {len(errors)} attempts at {self.url}: " + "; ".join(errors[-4:]))
+        reasons: list[str] = []  # why each attempt failed, for the give-up message
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(_Retry), stop=tenacity.stop_after_attempt(c.max_retries + 1),
+            wait=self._wait, after=lambda state: reasons.append(state.outcome.exception().reason),
+            before_sleep=lambda state: log.debug("judge request for %s: %s; retry %d in %.2f s", item.key, reasons[-1],
+                                                 state.attempt_number, state.next_action.sleep),
+            reraise=True)
+        try:
+            return await retrying(self._attempt, body, reasons)
+        except _Retry:
+            raise TransportError(f"gave up after {len(reasons)} attempts at {self.url}: "
+                                 + "; ".join(reasons[-4:])) from None
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        """Before the next attempt: the back-off, or the Retry-After the server asked for
+        (already capped at retry_after_max_s) when that is longer."""
+        return max(self._backoff(state), state.outcome.exception().wait or 0.0)
+
+    async def _attempt(self, body: dict, failed: list[str]) -> Completion:
+        """One request in one slot (`failed`: why the earlier attempts failed). The slot is
+        given back before any back-off sleep, so an item waiting to retry leaves it to
+        another item."""
+        client = await self._slots.get()  # a free request slot (the concurrency limit)
+        try:
+            if self._stop is not None:  # the batch is stopping: send nothing more
+                raise self._stop
+            self.tally.n_requests += 1
+            self.tally.n_retries += bool(failed)
+            return self._account(*await self._send(client, body))
+        finally:
+            self._give_back(client)
 
     async def _send(self, client: httpx.AsyncClient, body: dict) -> tuple[str, dict, Optional[str], Optional[str]]:
         """One attempt: the answer, or _Retry, or an error that stops the item or the batch."""
@@ -447,8 +454,8 @@ class OpenAIJudge(PromptJudge):
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
         completion_tokens = int(usage.get("completion_tokens") or 0)
         if not usage:
-            self.report.n_missing_usage += 1
-        r = self.report
+            self.tally.n_missing_usage += 1
+        r = self.tally
         r.prompt_tokens += prompt_tokens
         r.completion_tokens += completion_tokens
         r.cost_usd += (

@@ -20,10 +20,9 @@ import json
 import re
 from typing import NamedTuple, Optional
 
+from sal.config.choices import SOUNDNESS_CATEGORIES as CATEGORIES
+from sal.config.choices import VERIFICATION_DECISIONS as DECISIONS
 from sal.judge.types import EXPLAIN, RULE, VERIFY
-
-DECISIONS = ("Yes", "Probably", "Maybe", "No")
-CATEGORIES = ("Strict", "Plausible", "No")
 SUMMARY_KINDS = ("exact", "semantic", "cannot_tell")
 
 _THINK_END = re.compile(r"</\s*think\s*>", re.IGNORECASE)
@@ -40,7 +39,10 @@ class Summary(NamedTuple):
     """The summary as written inside the tag, e.g. 'Exact pattern: "\\frac" in fractions'."""
 
 
-class Judgement(NamedTuple):
+class RuleVerdict(NamedTuple):
+    """What a judge's `<judgement>` answer to a rule question (Figures 9/10) says; the
+    item's full status record is sal.judge.types.Judgment."""
+
     category: str
     """"Strict", "Plausible" or "No"."""
     rationale: str
@@ -145,7 +147,7 @@ _RATIONALE_RE = re.compile(
 )
 
 
-def _judgement_from_json(content: str) -> Optional[Judgement]:
+def _verdict_from_json(content: str) -> Optional[RuleVerdict]:
     body = content.strip().rstrip(".").strip()
     if not body.startswith("{"):
         body = "{" + body
@@ -165,11 +167,11 @@ def _judgement_from_json(content: str) -> Optional[Judgement]:
         rationale = next(
             (v for k, v in fields.items() if any(w in k for w in ("relation", "intuition", "rationale"))), ""
         )
-        return Judgement(category, str(rationale).strip())
+        return RuleVerdict(category, str(rationale).strip())
     return None
 
 
-def _judgement_from_regex(content: str) -> Optional[Judgement]:
+def _verdict_from_regex(content: str) -> Optional[RuleVerdict]:
     cats = list(_CATEGORY_RE.finditer(content))
     if not cats:
         return None
@@ -183,12 +185,12 @@ def _judgement_from_regex(content: str) -> Optional[Judgement]:
     if chosen is not None:
         raw = next(g for g in chosen.groups() if g is not None) if any(chosen.groups()) else ""
         rationale = raw.replace('\\"', '"').replace("\\'", "'").strip()
-    return Judgement(category, rationale)
+    return RuleVerdict(category, rationale)
 
 
-def parse_judgement(text: Optional[str]) -> Optional[Judgement]:
+def parse_rule_verdict(text: Optional[str]) -> Optional[RuleVerdict]:
     """Figures 9/10's `<judgement> "Category": ..., "Relation/Intuition": ... </judgement>`
-    -> Judgement(category, rationale), or None. The object may come with or without braces,
+    -> RuleVerdict(category, rationale), or None. The object may come with or without braces,
     with single quotes or a missing brace; without a tag the last "Category" in the answer
     is used."""
     if not text:
@@ -196,10 +198,10 @@ def parse_judgement(text: Optional[str]) -> Optional[Judgement]:
     answer = strip_reasoning(text)
     content = _last_tag(answer, "judgement|judgment")
     if content is not None:
-        parsed = _judgement_from_json(content) or _judgement_from_regex(content)
+        parsed = _verdict_from_json(content) or _verdict_from_regex(content)
         if parsed is not None:
             return parsed
-    return _judgement_from_regex(answer)
+    return _verdict_from_regex(answer)
 
 
 def parse_answer(task: str, text: Optional[str]) -> Optional[tuple[str, Optional[str]]]:
@@ -211,6 +213,6 @@ def parse_answer(task: str, text: Optional[str]) -> Optional[tuple[str, Optional
         decision = parse_decision(text)
         return None if decision is None else (decision, None)
     if task == RULE:
-        judgement = parse_judgement(text)
-        return None if judgement is None else (judgement.category, judgement.rationale)
+        verdict = parse_rule_verdict(text)
+        return None if verdict is None else (verdict.category, verdict.rationale)
     raise ValueError(f"unknown judge task {task!r}")

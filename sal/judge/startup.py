@@ -32,7 +32,6 @@ def preflight(config: JudgeConfig, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> No
     any other answer: the server is there. Other backends need nothing: returns at once."""
     if config.backend != "openai":
         return
-    config.validate()
     key = api_key(config)
     run_sync(_probe(config, key, timeout_s))
 

@@ -1,5 +1,5 @@
 """Value types shared by every judge backend: what is asked (JudgeItem), what comes back
-(Judgment) and the run's tally (JudgeReport)."""
+(Judgment) and the run's tally (JudgeTally)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ class Judgment(NamedTuple):
 
 
 @dataclass
-class JudgeReport:
+class JudgeTally:
     """Cumulative tally over a judge's lifetime (all batches)."""
 
     backend: str

@@ -16,7 +16,8 @@ from sal.atomic import atomic_path
 from sal.config.schema import SALConfig
 from sal.errors import ConfigError, MissingInputError
 from sal.fingerprint import Step
-from sal.pipeline.common import build_corpus, save_resolved_config, setup
+from sal.pipeline.generate import build_corpus
+from sal.pipeline.common import save_resolved_config, setup
 from sal.pipeline.generate import launch_rank
 from sal.pipeline.inputs import check_against_training
 from sal.pipeline.steps import crosscoder_digest, explanations_step, layer_counts_step, rules_step
@@ -31,11 +32,11 @@ def load_crosscoder(cfg: SALConfig, run_dir: Path, device):
 
     export = run_dir / "crosscoder"
     require_crosscoder(run_dir)
-    cc = Crosscoder.from_pretrained(export, device=device)
+    crosscoder = Crosscoder.from_pretrained(export, device=device)
     layers = [int(i) for i in Crosscoder.load_config(export)["layers"]]
     if layers != list(cfg.layers.indices):  # only under accept_mismatch=true (sal.pipeline.inputs)
         log.warning("The crosscoder was trained on layers %s; using those (config says %s)", layers, cfg.layers.indices)
-    return cc.eval(), layers
+    return crosscoder.eval(), layers
 
 
 def allowed_features(explanations: pd.DataFrame, min_level: str) -> list[int]:
@@ -44,18 +45,20 @@ def allowed_features(explanations: pd.DataFrame, min_level: str) -> list[int]:
     return [int(f) for f in explanations.feature[explanations.decision.isin(ok_levels)]]
 
 
-def interpret(cfg: SALConfig, run_dir: Path, model, tokenizer, cc, layers) -> pd.DataFrame:
+def run_interpretation(cfg: SALConfig, run_dir: Path, model, tokenizer, crosscoder, layers) -> pd.DataFrame:
     """Top spans over the training corpus, explained and verified by the judge; writes
     features/explanations.parquet (the caller decides whether it is up to date)."""
     from sal.data.corpus import document_texts
     from sal.features import feature_pass
-    from sal.interpret import TopSpanCollector, interpret_features
+    from sal.feature_explanations import interpret_features
     from sal.judge import make_judge
+    from sal.top_spans import TopSpanCollector
 
     corpus = build_corpus(cfg, "corpus", model, tokenizer)
     texts = document_texts(corpus)
-    ic = cfg.interpret
-    collector = TopSpanCollector(cc.n_features, k=ic.top_k, window=ic.span_window, tau=ic.tau, store_tokens=True)
+    interpret_cfg = cfg.interpret
+    collector = TopSpanCollector(crosscoder.n_features, k=interpret_cfg.top_k, window=interpret_cfg.span_window,
+                                 tau=interpret_cfg.tau, store_tokens=True)
     cached = None
     if cfg.optim.activation_cache:  # training saved this corpus's residual stream: no second forward
         from sal.training.cache import cached_token_activations
@@ -64,20 +67,20 @@ def interpret(cfg: SALConfig, run_dir: Path, model, tokenizer, cc, layers) -> pd
                                           cfg.model.name)
         log.info("feature pass (corpus): %s", "activations read from the training cache" if cached is not None
                  else "no reusable activation cache; running the subject model")
-    for fb in feature_pass(model, tokenizer, cc, texts, layers, cfg.data.max_doc_tokens, desc="feature pass (corpus)",
-                           cached=cached):
+    for fb in feature_pass(model, tokenizer, crosscoder, texts, layers, cfg.data.max_doc_tokens,
+                           desc="feature pass (corpus)", cached=cached):
         # Spans are collected "regardless of which layer they activate in": max over layers.
         collector.update(fb.feats_BTLC.amax(dim=2), fb.token_ids_BT, fb.mask_BT, fb.doc_ids)
-    result = interpret_features(collector, make_judge(cfg.judge, run_dir=run_dir), tokenizer, run_dir, ic)
-    t3 = result.table3
+    result = interpret_features(collector, make_judge(cfg.judge, run_dir=run_dir), tokenizer, run_dir, interpret_cfg)
+    t3, unit = result.table3, interpret_cfg.activation_unit
     print(f"[extract] features: dead rate {100 * t3['dead_rate']:.2f}%, explainable rate "
           f"{100 * (t3['explainable_rate'] or 0):.2f}% of {t3['n_judged']} judged ({t3['n_sufficient']} active in >= "
-          f"{ic.min_activations} {ic.activation_unit} of {t3['n_documents' if ic.activation_unit == 'documents' else 'n_tokens']}), "
+          f"{interpret_cfg.min_activations} {unit} of {t3['n_documents' if unit == 'documents' else 'n_tokens']}), "
           f"{len(result.allowed)} allowed")
     return result.explanations
 
 
-def rule_set_layer_counts(cfg: SALConfig, run_dir: Path, model, tokenizer, cc, layers) -> sp.csr_matrix:
+def rule_set_layer_counts(cfg: SALConfig, run_dir: Path, model, tokenizer, crosscoder, layers) -> sp.csr_matrix:
     """One layer-count vector per rule-set sample (CSR [n_samples, C]), written to the
     layer-counts step's output (the caller decides whether it is up to date)."""
     from sal.data.corpus import document_texts
@@ -97,8 +100,9 @@ def rule_set_layer_counts(cfg: SALConfig, run_dir: Path, model, tokenizer, cc, l
     log.info("rule set: %d responses; %d did not finish within the token budget and are %s", n_total, n_unfinished,
              "left out" if unfinished == "exclude" else "kept (data.rule_set_unfinished=include)")
     texts = document_texts(rule_set)
-    builder = LayerCountBuilder(cc.n_features)
-    for fb in feature_pass(model, tokenizer, cc, texts, layers, cfg.data.max_doc_tokens, desc="feature pass (rule set)"):
+    builder = LayerCountBuilder(crosscoder.n_features)
+    for fb in feature_pass(model, tokenizer, crosscoder, texts, layers, cfg.data.max_doc_tokens,
+                           desc="feature pass (rule set)"):
         for row in aggregate_batch(fb.feats_BTLC, fb.mask_BT.to(fb.feats_BTLC.device), tau=cfg.rules.tau,
                                    mode=cfg.rules.aggregate):
             builder.add(row)
@@ -108,7 +112,7 @@ def rule_set_layer_counts(cfg: SALConfig, run_dir: Path, model, tokenizer, cc, l
     return counts
 
 
-def count(cfg: SALConfig, run_dir: Path, layer_counts: sp.csr_matrix, allowed) -> pd.DataFrame | None:
+def run_rule_counting(cfg: SALConfig, run_dir: Path, layer_counts: sp.csr_matrix, allowed) -> pd.DataFrame | None:
     """count_rules in-process, or sharded over the trainer's DDP ranks on its ``num_nodes`` nodes
     (global rank 0 gets the table)."""
     from sal.rules import count_rules, run_sharded
@@ -133,14 +137,14 @@ def run(cfg: DictConfig):
     require_crosscoder(run_dir)
     from sal.rules import summarize_rules
 
-    steps = {"explanations": explanations_step(typed, run_dir), "layer_counts": layer_counts_step(typed, run_dir),
-             "rules": rules_step(typed, run_dir)}
-    if steps["rules"].is_fresh(typed.force):
-        rules = pd.read_parquet(steps["rules"].output)
-        print(f"[extract] rules up to date in {steps['rules'].output} (force=true recomputes them)")
+    stage_steps = {"explanations": explanations_step(typed, run_dir),
+                   "layer_counts": layer_counts_step(typed, run_dir), "rules": rules_step(typed, run_dir)}
+    if stage_steps["rules"].is_fresh(typed.force):
+        rules = pd.read_parquet(stage_steps["rules"].output)
+        print(f"[extract] rules up to date in {stage_steps['rules'].output} (force=true recomputes them)")
         print(summarize_rules(rules))
         return {"n_rules": int(len(rules))}
-    stale = {name for name in ("explanations", "layer_counts") if not steps[name].is_fresh(typed.force)}
+    stale = {name for name in ("explanations", "layer_counts") if not stage_steps[name].is_fresh(typed.force)}
     writer = launch_rank() == 0
     if stale:
         from sal.models import load_subject_model
@@ -148,21 +152,21 @@ def run(cfg: DictConfig):
 
         prepare_corpus(typed)  # vLLM generates now, in its own process, before the subject model loads
         model, tokenizer = load_subject_model(typed.model)
-        cc, layers = load_crosscoder(typed, run_dir, model.device)
-    explanations = _made_or_read(steps["explanations"], "explanations" in stale, writer, pd.read_parquet,
-                                 lambda: interpret(typed, run_dir, model, tokenizer, cc, layers))
-    layer_counts = _made_or_read(steps["layer_counts"], "layer_counts" in stale, writer, sp.load_npz,
-                                 lambda: rule_set_layer_counts(typed, run_dir, model, tokenizer, cc, layers))
+        crosscoder, layers = load_crosscoder(typed, run_dir, model.device)
+    explanations = _made_or_read(stage_steps["explanations"], "explanations" in stale, writer, pd.read_parquet,
+                                 lambda: run_interpretation(typed, run_dir, model, tokenizer, crosscoder, layers))
+    layer_counts = _made_or_read(stage_steps["layer_counts"], "layer_counts" in stale, writer, sp.load_npz,
+                                 lambda: rule_set_layer_counts(typed, run_dir, model, tokenizer, crosscoder, layers))
     allowed = allowed_features(explanations, typed.rules.min_explanation_level) if typed.rules.restrict_to_explained else None
     if writer:
-        steps["rules"].forget()
-    rules = count(typed, run_dir, layer_counts, allowed)
+        stage_steps["rules"].forget()
+    rules = run_rule_counting(typed, run_dir, layer_counts, allowed)
     if rules is None:  # a non-zero rank of a sharded count: rank 0 writes the outputs
         return None
     from sal.rules import write_rules_outputs
 
     paths = write_rules_outputs(str(run_dir / "rules"), rules, layer_counts, config=typed.rules)
-    steps["rules"].record()
+    stage_steps["rules"].record()
     n_active = np.diff(layer_counts.indptr)
     print(f"[extract] rule set: {layer_counts.shape[0]} samples, {n_active.mean():.1f} active features per sample "
           f"({typed.rules.aggregate}), {len(allowed) if allowed is not None else 'all'} allowed features")

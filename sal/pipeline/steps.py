@@ -40,7 +40,7 @@ def judge_settings(cfg: SALConfig) -> dict[str, Any]:
 
 
 def corpus_name(cfg: SALConfig) -> str:
-    from sal.pipeline.common import corpus_location
+    from sal.pipeline.generate import corpus_location
 
     return corpus_location(cfg)[0].name
 

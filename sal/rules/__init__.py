@@ -12,16 +12,11 @@ from sal.rules.aggregate import (
     aggregate_sample,
     stack_layer_counts,
 )
-from sal.rules.count import (
-    RULE_COLUMNS,
-    PremiseCounts,
-    RuleCounts,
-    count_conclusions,
-    count_premises,
-    count_rules,
-    rules_table,
-)
-from sal.rules.report import feature_counts_table, summarize_rules, write_rules_outputs
+from sal.rules.count import count_rules
+from sal.rules.numpy_engine import count_conclusions, count_premises
+from sal.rules.options import CountOptions
+from sal.rules.outputs import feature_counts_table, summarize_rules, write_rules_outputs
+from sal.rules.rule_counts import PremiseCounts, RuleCounts, rules_table
 from sal.rules.shard import (
     count_shard_premises,
     count_shard_rules,
@@ -30,9 +25,11 @@ from sal.rules.shard import (
     shard_path,
     shard_range,
 )
+from sal.rules.table import RULE_COLUMNS
 
 __all__ = [
     "AGGREGATIONS",
+    "CountOptions",
     "LayerCountBuilder",
     "PremiseCounts",
     "RULE_COLUMNS",

@@ -102,6 +102,22 @@ def as_layer_count_csr(layer_counts: Any, allowed: Any = None) -> sp.csr_matrix:
     return out
 
 
+def run_starts(*keys: np.ndarray) -> np.ndarray:
+    """int64 start index of every run of consecutive equal entries of ``keys`` (one or more
+    arrays of one length; with several, a run is where all of them repeat). Empty for no entries."""
+    if len(keys[0]) == 0:
+        return np.zeros(0, np.int64)
+    new_run = keys[0][1:] != keys[0][:-1]
+    for key in keys[1:]:
+        new_run |= key[1:] != key[:-1]
+    return np.flatnonzero(np.r_[True, new_run])
+
+
+def run_lengths(starts: np.ndarray, n: int) -> np.ndarray:
+    """Length of every run, from ``run_starts`` of an array of ``n`` entries."""
+    return np.diff(np.r_[starts, n])
+
+
 def row_ids(indptr: np.ndarray) -> np.ndarray:
     """Row id (sample index within the chunk) of every stored entry of a CSR matrix."""
     return np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
@@ -118,8 +134,8 @@ def within_row_pairs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
-    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-    lengths = np.diff(np.r_[starts, n])
+    starts = run_starts(rows)
+    lengths = run_lengths(starts, n)
     row_end = np.repeat(starts + lengths, lengths)
     pos = np.arange(n, dtype=np.int64)
     partners = row_end - pos - 1  # entries after i in its row
@@ -140,17 +156,11 @@ def dense_value_ranks(rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray,
     """
     order = np.lexsort((values, rows))
     r_sorted = rows[order]
-    v_sorted = values[order]
-    new_group = np.ones(len(order), dtype=bool)
-    if len(order):
-        new_group[1:] = (r_sorted[1:] != r_sorted[:-1]) | (v_sorted[1:] != v_sorted[:-1])
-    group_id = np.cumsum(new_group) - 1
-    row_first = np.ones(len(order), dtype=bool)
-    if len(order):
-        row_first[1:] = r_sorted[1:] != r_sorted[:-1]
+    value_starts = run_starts(r_sorted, values[order])
+    group_id = np.repeat(np.arange(len(value_starts)), run_lengths(value_starts, len(order)))
+    row_starts = run_starts(r_sorted)
     # rank = group index minus the group index of the row's first entry
-    first_group_of_row = np.maximum.accumulate(np.where(row_first, group_id, 0))
-    rank_sorted = group_id - first_group_of_row
+    rank_sorted = group_id - np.repeat(group_id[row_starts], run_lengths(row_starts, len(order)))
     rank = np.empty_like(rank_sorted)
     rank[order] = rank_sorted
     return order, rank

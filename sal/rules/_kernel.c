@@ -8,7 +8,7 @@
  * Loading a shared object costs about a millisecond, where a JIT pays its compiler start-up
  * (~0.2 s) in every fresh process.
  *
- * Same definitions and output as the sparse-product engine (sal/rules/engine.py). Every first
+ * Same definitions and output as the numpy engine (sal/rules/numpy_engine.py). Every first
  * premise p1 is handled on its own, in ascending order:
  *   - its samples (a column of the CSC copy) are the occurrences of the premise {p1}, each with
  *     threshold u = a_p1; the conclusions of one occurrence are the features q of that sample

@@ -22,6 +22,7 @@ import numpy as np
 import psutil
 
 from sal.faults import kill_point
+from sal.rules._csr import run_lengths, run_starts
 
 BYTES_PER_KEY_ENTRY = 12  # int64 key + int32 count
 # Upper bound of entries decoded at once when walking a segment (bounds transient arrays).
@@ -77,9 +78,9 @@ class KeySegment:
         for a in range(0, len(self), max_entries):
             k = np.asarray(self.key_array[a : a + max_entries])
             rows = k // self.n_cols
-            starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+            starts = run_starts(rows)
             cols = (k - rows * self.n_cols).astype(np.int32)
-            yield rows[starts], np.diff(np.r_[starts, len(k)]), cols, np.asarray(self.counts[a : a + max_entries])
+            yield rows[starts], run_lengths(starts, len(k)), cols, np.asarray(self.counts[a : a + max_entries])
 
     def keys(self, n_cols: int) -> np.ndarray:
         assert n_cols == self.n_cols
@@ -93,7 +94,7 @@ def sum_sorted(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.nda
     """Collapse equal neighbours of a sorted key array, summing their counts."""
     if len(keys) < 2:
         return keys, counts
-    start = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    start = run_starts(keys)
     if len(start) == len(keys):
         return keys, counts
     return keys[start], np.add.reduceat(counts, start).astype(counts.dtype, copy=False)

@@ -30,7 +30,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-AGGREGATIONS = ("last_token", "any_token", "algorithm1")
+from sal.config.choices import Aggregation
+
+AGGREGATIONS = tuple(a.value for a in Aggregation)
 
 
 class SparseLayerCounts(NamedTuple):

@@ -1,6 +1,6 @@
 """Native fast path of ``count_rules``: the C kernel of ``_kernel.c``, loaded with ctypes.
 
-Same definitions and same output as the sparse-product engine (``sal.rules.engine``), which
+Same definitions and same output as the numpy engine (``sal.rules.numpy_engine``), which
 stays the pure-numpy fallback when the kernel was not built (no C compiler at install time)
 and the engine of the sharded two-phase counting. The algorithm is described at the top of
 ``_kernel.c``: one walk per first premise p1, pairs (p1, p2) grouped by a counting sort so that
@@ -29,7 +29,8 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from sal.faults import kill_point
-from sal.rules.table import RULE_COLUMNS, empty_column
+from sal.rules.options import CountOptions
+from sal.rules.table import RULE_COLUMNS, empty_table_columns
 
 __all__ = ["available", "unavailable_reason", "scratch_bytes", "count_rules_native"]
 
@@ -176,72 +177,75 @@ def _conclusion_lists(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray)
     return start, below, lists
 
 
-def count_rules_native(
-    mat: sp.csr_matrix,
-    *,
-    max_premises: int,
-    beta: float,
-    min_premise_count: int,
-    min_rule_count: int,
-    progress: bool = False,
-) -> pd.DataFrame:
-    """``count_rules`` on a canonical int32 CSR (``as_layer_count_csr``), filters checked."""
-    if _LIB is None:
-        raise ImportError(f"{_WHY_NOT}, or use engine='numpy'")
-    c = mat.shape[1]
+def _csr_and_csc(mat: sp.csr_matrix) -> tuple[np.ndarray, ...]:
+    """(indptr, indices, data, col_ptr, col_rows, col_entries) as the kernel reads them: the CSR
+    and, per feature, its samples with the position of each entry in the CSR as CSC "values"."""
     indptr = np.ascontiguousarray(mat.indptr, dtype=np.int64)
     indices = np.ascontiguousarray(mat.indices, dtype=np.int32)
     data = np.ascontiguousarray(mat.data, dtype=np.int32)
-    # per feature: its samples and, as the CSC "values", the position of each entry in the CSR
     entry_ids = sp.csr_matrix((np.arange(mat.nnz, dtype=np.int64), indices, indptr), shape=mat.shape)
     csc = entry_ids.tocsc()
     col_ptr = np.ascontiguousarray(csc.indptr, dtype=np.int64)
     col_rows = np.ascontiguousarray(csc.indices, dtype=np.int32)
     col_entries = np.ascontiguousarray(csc.data, dtype=np.int64)
+    return indptr, indices, data, col_ptr, col_rows, col_entries
+
+
+def _run_blocks(problem: _Problem, scratch: list[_Scratch], blocks: list[tuple[int, int]], write: bool,
+                progress: bool) -> None:
+    """One pass of ``sal_rules_of_block`` over ``blocks`` of first premises, one thread per scratch set."""
+    bar = tqdm(total=len(blocks), desc="rules: writing" if write else "rules: counting", disable=not progress,
+               leave=False)
+    queue = iter(blocks)
+    lock = threading.Lock()
+
+    def lane(slot: int) -> None:  # each thread owns one scratch set and pulls blocks
+        while True:
+            with lock:
+                blk = next(queue, None)
+            if blk is None:
+                return
+            _LIB.sal_rules_of_block(ctypes.byref(problem), ctypes.byref(scratch[slot].struct), blk[0], blk[1],
+                                    int(write))
+            bar.update()
+            kill_point("native.block", "write" if write else "count")
+
+    if len(scratch) == 1 or len(blocks) == 1:
+        lane(0)
+    else:
+        with ThreadPoolExecutor(len(scratch)) as pool:
+            list(pool.map(lane, range(len(scratch))))
+    bar.close()
+
+
+def count_rules_native(mat: sp.csr_matrix, options: CountOptions) -> pd.DataFrame:
+    """``count_rules`` on a canonical int32 CSR (``as_layer_count_csr``)."""
+    if _LIB is None:
+        raise ImportError(f"{_WHY_NOT}, or use engine='numpy'")
+    c = mat.shape[1]
+    indptr, indices, data, col_ptr, col_rows, col_entries = _csr_and_csc(mat)
     feature_counts = np.diff(col_ptr)
     start, below, lists = _conclusion_lists(indptr, indices, data)
     gather_per_p1 = _row_len_sums(mat)
     gather = int(gather_per_p1.max()) if mat.nnz else 0
-    work = gather_per_p1 * (max_premises == 2) + feature_counts + 1
+    work = gather_per_p1 * (options.max_premises == 2) + feature_counts + 1
 
     n_threads = _n_threads()
     scratch = [_Scratch(c, gather) for _ in range(n_threads)]
     sizes = np.zeros(c, np.int64)
     offsets = np.zeros(c, np.int64)
     shared = (indptr, indices, data, start, below, lists, col_ptr, col_rows, col_entries)
-    problem = _Problem(*(_ptr(a) for a in shared), max_premises, min_premise_count, min_rule_count, float(beta),
+    problem = _Problem(*(_ptr(a) for a in shared), options.max_premises, options.min_premise_count,
+                       options.min_rule_count, float(options.beta),
                        _ptr(sizes), _ptr(offsets))  # output columns: set before the writing pass
 
-    def run(pass_name: str, write: bool, blocks) -> None:
-        bar = tqdm(total=len(blocks), desc=pass_name, disable=not progress, leave=False)
-        queue = iter(blocks)
-        lock = threading.Lock()
-
-        def lane(slot: int) -> None:  # each thread owns one scratch set and pulls blocks
-            while True:
-                with lock:
-                    blk = next(queue, None)
-                if blk is None:
-                    return
-                _LIB.sal_rules_of_block(ctypes.byref(problem), ctypes.byref(scratch[slot].struct), blk[0], blk[1],
-                                        int(write))
-                bar.update()
-                kill_point("native.block", "write" if write else "count")
-
-        if n_threads == 1 or len(blocks) == 1:
-            lane(0)
-        else:
-            with ThreadPoolExecutor(n_threads) as pool:
-                list(pool.map(lane, range(n_threads)))
-        bar.close()
-
     n_blocks = max(n_threads * 8, -(-c // _P1_PER_BLOCK))
-    run("rules: counting", False, _balanced_blocks(work, n_blocks))
+    _run_blocks(problem, scratch, _balanced_blocks(work, n_blocks), False, options.progress)
     total = int(sizes.sum())
     offsets[1:] = np.cumsum(sizes)[:-1]
-    cols = {name: empty_column(total, np.float64 if name == "prob" else np.int32) for name in RULE_COLUMNS}
+    cols = empty_table_columns(total)
     for field, name in zip(("out_p1", "out_p2", "out_q", "out_n_premise", "out_n_rule", "out_prob"), RULE_COLUMNS):
         setattr(problem, field, _ptr(cols[name]) if total else None)
     if total:  # the writing pass is dominated by the rules written: balance its blocks on them
-        run("rules: writing", True, _balanced_blocks(work + sizes, n_blocks))
+        _run_blocks(problem, scratch, _balanced_blocks(work + sizes, n_blocks), True, options.progress)
     return pd.DataFrame(cols, copy=False)

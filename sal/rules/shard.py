@@ -19,6 +19,7 @@ where it stopped. ``run_sharded`` drives the phases with Lightning Fabric (DDP, 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -33,15 +34,9 @@ import scipy.sparse as sp
 from sal.atomic import atomic_path
 from sal.faults import kill_point
 from sal.rules._csr import as_layer_count_csr
-from sal.rules.count import (
-    DEFAULT_CHUNK_SAMPLES,
-    DEFAULT_MEMORY_BUDGET_GB,
-    PremiseCounts,
-    RuleCounts,
-    count_conclusions,
-    count_premises,
-    rules_table,
-)
+from sal.rules.numpy_engine import count_conclusions, count_premises
+from sal.rules.options import CountOptions
+from sal.rules.rule_counts import PremiseCounts, RuleCounts, rules_table
 
 SHARD_SUBDIR = "shards"
 _FORMAT_VERSION = 1
@@ -127,38 +122,37 @@ def _rules_from(meta: dict, arrays: dict[str, np.ndarray]) -> RuleCounts:
     )
 
 
-def count_shard_premises(
-    shard_counts: Any,
-    rank: int,
-    world_size: int,
-    out_dir: str,
-    *,
-    max_premises: int = 2,
-    allowed: Any = None,
-    chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
-    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
-    progress: bool = False,
-) -> str:
-    """Phase 1 for one rank: count(P) of its shard -> ``shards/rank<r>.premises.npz`` (skipped if done)."""
-    mat = as_layer_count_csr(shard_counts, allowed)
-    meta = {
-        "version": _FORMAT_VERSION,
-        "kind": "premises",
-        "rank": rank,
-        "world_size": world_size,
-        "n_features": mat.shape[1],
-        "max_premises": max_premises,
-        "data": _data_fingerprint(mat),
-    }
+def _shard_meta(kind: str, rank: int, world_size: int, mat: sp.csr_matrix, max_premises: int, **inputs: Any) -> dict:
+    """What a shard file was counted from, with its fingerprint (a rerun skips a matching file)."""
+    meta = {"version": _FORMAT_VERSION, "kind": kind, "rank": rank, "world_size": world_size,
+            "n_features": mat.shape[1], "max_premises": max_premises, **inputs}
     meta["fingerprint"] = _fingerprint(meta)
-    path = premise_shard_path(out_dir, rank)
+    return meta
+
+
+def _is_done(path: str, meta: dict) -> bool:
     old = _read_meta(path)
-    if old is not None and old.get("fingerprint") == meta["fingerprint"]:
+    return old is not None and old.get("fingerprint") == meta["fingerprint"]
+
+
+def _spill_into_shards(options: CountOptions, out_dir: str) -> CountOptions:
+    return dataclasses.replace(options, spill_dir=os.path.join(out_dir, SHARD_SUBDIR))
+
+
+def count_shard_premises(
+    shard_counts: Any, rank: int, world_size: int, out_dir: str, options: CountOptions = CountOptions(), *,
+    allowed: Any = None,
+) -> str:
+    """Phase 1 for one rank: count(P) of its shard -> ``shards/rank<r>.premises.npz`` (skipped if done).
+
+    Reads ``options.max_premises`` and the resource fields; partial tables spill into the shard folder.
+    """
+    mat = as_layer_count_csr(shard_counts, allowed)
+    meta = _shard_meta("premises", rank, world_size, mat, options.max_premises, data=_data_fingerprint(mat))
+    path = premise_shard_path(out_dir, rank)
+    if _is_done(path, meta):
         return path
-    premises = count_premises(
-        mat, max_premises=max_premises, chunk_samples=chunk_samples, memory_budget_gb=memory_budget_gb,
-        spill_dir=os.path.join(out_dir, SHARD_SUBDIR), progress=progress,
-    )
+    premises = count_premises(mat, _spill_into_shards(options, out_dir))
     _save_atomic(path, meta, _premise_arrays(premises))
     kill_point("shard.premises", f"rank{rank}")
     return path
@@ -172,56 +166,40 @@ def merge_premise_shards(paths: list[str]) -> PremiseCounts:
     return PremiseCounts.merge([_premises_from(a) for _, a in loaded])
 
 
-def count_shard_rules(
-    shard_counts: Any,
-    rank: int,
-    world_size: int,
-    out_dir: str,
-    *,
-    max_premises: int = 2,
-    min_premise_count: int = 1,
-    allowed: Any = None,
-    chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
-    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
-    progress: bool = False,
-) -> str:
-    """Phase 2 for one rank (all phase-1 files must exist): raw tables -> ``shards/rank<r>.npz``."""
-    mat = as_layer_count_csr(shard_counts, allowed)
-    premise_paths = [premise_shard_path(out_dir, r) for r in range(world_size)]
-    premise_metas = [_read_meta(p) for p in premise_paths]
-    if any(m is None for m in premise_metas):
-        missing = [p for p, m in zip(premise_paths, premise_metas) if m is None]
+def _premise_shard_metas(out_dir: str, world_size: int) -> tuple[list[str], list[dict]]:
+    """Paths and metadata of every rank's phase-1 file; all must exist."""
+    paths = [premise_shard_path(out_dir, r) for r in range(world_size)]
+    metas = [_read_meta(p) for p in paths]
+    if any(m is None for m in metas):
+        missing = [p for p, m in zip(paths, metas) if m is None]
         raise FileNotFoundError(f"phase-1 premise shards missing: {missing}; run count_shard_premises on every rank first")
-    own = premise_metas[rank]
+    return paths, metas
+
+
+def count_shard_rules(
+    shard_counts: Any, rank: int, world_size: int, out_dir: str, options: CountOptions = CountOptions(), *,
+    allowed: Any = None,
+) -> str:
+    """Phase 2 for one rank (all phase-1 files must exist): raw tables -> ``shards/rank<r>.npz``.
+
+    Reads ``options.max_premises``, ``options.min_premise_count`` (Apriori, against the merged
+    count(P) of all shards) and the resource fields; no smoothing and no ``min_rule_count`` here.
+    """
+    mat = as_layer_count_csr(shard_counts, allowed)
+    premise_paths, premise_metas = _premise_shard_metas(out_dir, world_size)
     data = _data_fingerprint(mat)
-    if own["data"] != data:
+    if premise_metas[rank]["data"] != data:
         raise ValueError(
             f"rank {rank}: its layer counts differ from the ones its premise shard was counted on; "
             f"delete {os.path.join(out_dir, SHARD_SUBDIR)} or pass the same shard"
         )
-    meta = {
-        "version": _FORMAT_VERSION,
-        "kind": "rules",
-        "rank": rank,
-        "world_size": world_size,
-        "n_features": mat.shape[1],
-        "max_premises": max_premises,
-        "min_premise_count": min_premise_count,
-        "data": data,
-        "premise_shards": [m["fingerprint"] for m in premise_metas],
-    }
-    meta["fingerprint"] = _fingerprint(meta)
+    meta = _shard_meta("rules", rank, world_size, mat, options.max_premises,
+                       min_premise_count=options.min_premise_count, data=data,
+                       premise_shards=[m["fingerprint"] for m in premise_metas])
     path = shard_path(out_dir, rank)
-    old = _read_meta(path)
-    if old is not None and old.get("fingerprint") == meta["fingerprint"]:
+    if _is_done(path, meta):
         return path
-    global_premises = merge_premise_shards(premise_paths)
-    rules = count_conclusions(
-        mat, global_premises, max_premises=max_premises, min_premise_count=min_premise_count,
-        chunk_samples=chunk_samples, memory_budget_gb=memory_budget_gb,
-        spill_dir=os.path.join(out_dir, SHARD_SUBDIR), progress=progress,
-    )
-    del global_premises
+    rules = count_conclusions(mat, merge_premise_shards(premise_paths), _spill_into_shards(options, out_dir))
     own_premises = _premises_from(_load(premise_paths[rank])[1])
     arrays = _premise_arrays(own_premises)
     arrays.update({k: getattr(rules, k) for k in ("one_p", "one_q", "one_n", "two_p1", "two_p2", "two_q", "two_n")})
@@ -242,19 +220,12 @@ def _check_complete(metas: list[dict], paths: list[str]) -> None:
         )
 
 
-def merge_shards(
-    paths: list[str],
-    *,
-    beta: float = 1.0,
-    min_premise_count: int | None = None,
-    min_rule_count: int = 1,
-    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
-    spill_dir: str | None = None,
-) -> pd.DataFrame:
+def merge_shards(paths: list[str], options: CountOptions | None = None) -> pd.DataFrame:
     """Sum the shards' raw tables, then smooth and filter: equals ``count_rules`` on all samples.
 
-    ``min_premise_count`` defaults to the threshold the shards were pruned with; a larger one
-    is allowed, a smaller one is not (those premises were never enumerated).
+    ``options`` (beta, the filters, the memory budget and spill folder of the merge) defaults
+    to the default settings with the ``min_premise_count`` the shards were pruned with; a
+    larger threshold is allowed, a smaller one is not (those premises were never enumerated).
     """
     metas = [_read_meta(p) for p in paths]
     if any(m is None or m.get("kind") != "rules" for m in metas):
@@ -269,10 +240,10 @@ def merge_shards(
             meta, arrays = _load(paths[i])
             yield _rules_from(meta, arrays)
 
-    rules = RuleCounts.merge(shard_rules(), memory_budget_gb=memory_budget_gb, spill_dir=spill_dir)
-    if min_premise_count is None:
-        min_premise_count = rules.min_premise_count
-    return rules_table(premises, rules, beta=beta, min_premise_count=min_premise_count, min_rule_count=min_rule_count)
+    if options is None:
+        options = CountOptions(min_premise_count=metas[0]["min_premise_count"])  # RuleCounts.merge checks all agree
+    rules = RuleCounts.merge(shard_rules(), memory_budget_gb=options.memory_budget_gb, spill_dir=options.spill_dir)
+    return rules_table(premises, rules, options)
 
 
 def make_fabric(
@@ -299,27 +270,24 @@ def run_sharded(
     out_dir: str,
     num_processes: int = 1,
     *,
-    max_premises: int = 2,
-    beta: float = 1.0,
-    min_premise_count: int = 1,
-    min_rule_count: int = 1,
     allowed: Any = None,
-    chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
-    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
     accelerator: str = "cpu",
     strategy: str = "ddp",
     num_nodes: int = 1,
     fabric: Any = None,
-    progress: bool = False,
+    **counting: Any,
 ) -> pd.DataFrame | None:
     """Count rules over ``num_processes`` Fabric ranks per node on ``num_nodes`` nodes; global rank 0
     returns the merged table, others None. ``out_dir`` must be on a filesystem every node sees
     (rank 0 merges all shard files).
 
+    ``counting``: the fields of ``CountOptions`` (``max_premises``, ``beta``, ...), as keywords of
+    ``count_rules``; the ranks spill into ``out_dir``, ``spill_dir`` is the merge's.
     With ``strategy="ddp"`` Fabric relaunches the calling script once per extra rank, so every
     process must reach this call with the same ``layer_counts`` (load them from a file or
     recompute them deterministically). Pass an already launched ``fabric`` to reuse one.
     """
+    options = CountOptions(**counting)
     if fabric is None:
         fabric = make_fabric(num_processes, accelerator=accelerator, strategy=strategy, num_nodes=num_nodes)
         fabric.launch()
@@ -327,14 +295,11 @@ def run_sharded(
     mat = as_layer_count_csr(layer_counts, allowed)
     start, end = shard_range(mat.shape[0], rank, world_size)
     shard = mat[start:end]
-    opts = dict(max_premises=max_premises, chunk_samples=chunk_samples, memory_budget_gb=memory_budget_gb, progress=progress and rank == 0)
-    count_shard_premises(shard, rank, world_size, out_dir, **opts)
+    shard_options = dataclasses.replace(options, progress=options.progress and rank == 0)
+    count_shard_premises(shard, rank, world_size, out_dir, shard_options)
     fabric.barrier()
-    count_shard_rules(shard, rank, world_size, out_dir, min_premise_count=min_premise_count, **opts)
+    count_shard_rules(shard, rank, world_size, out_dir, shard_options)
     fabric.barrier()
     if rank != 0:
         return None
-    return merge_shards(
-        [shard_path(out_dir, r) for r in range(world_size)], beta=beta, min_premise_count=min_premise_count,
-        min_rule_count=min_rule_count, memory_budget_gb=memory_budget_gb,
-    )
+    return merge_shards([shard_path(out_dir, r) for r in range(world_size)], options)

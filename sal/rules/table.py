@@ -19,6 +19,8 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from sal.rules.options import CountOptions
+
 RULE_COLUMNS = ("p1", "p2", "q", "n_premise", "n_rule", "prob")
 
 # (p1 of each run, length of each run, p2, q, n_rule, n_premise): kept rules, (p1, p2, q)-sorted
@@ -54,45 +56,28 @@ def empty_column(n: int, dtype) -> np.ndarray:
     return np.frombuffer(buffer, dtype=dtype, count=n)
 
 
-def check_filters(beta: float, min_premise_count: int, min_rule_count: int) -> None:
-    if not beta >= 0:
-        raise ValueError(f"beta={beta!r}: the smoothing pseudo-count must be >= 0 (1 = uniform prior)")
-    if min_premise_count < 1:
-        raise ValueError(f"min_premise_count={min_premise_count!r}: must be >= 1 (count(P) = 0 premises have no rules)")
-    if min_rule_count < 1:
-        raise ValueError(
-            f"min_rule_count={min_rule_count!r}: must be >= 1 (rules with count(P, q) = 0 are never enumerated)"
-        )
-
-
-def run_lengths(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(value of each run, length of each run) of a sorted array."""
-    if len(values) == 0:
-        return values[:0], np.zeros(0, np.int64)
-    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
-    return values[starts], np.diff(np.r_[starts, len(values)])
+def empty_table_columns(n_rules: int) -> dict[str, np.ndarray]:
+    """Uninitialised columns of a rules table (``RULE_COLUMNS``), filled by the caller."""
+    return {name: empty_column(n_rules, np.float64 if name == "prob" else np.int32) for name in RULE_COLUMNS}
 
 
 def build_rules_table(
     one: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     two: TwoPremiseSource,
-    *,
     n_features: int,
-    beta: float,
-    min_premise_count: int,
-    min_rule_count: int,
+    options: CountOptions,
 ) -> pd.DataFrame:
     """Assemble the DataFrame from one-premise arrays (p, q, n_rule, n_premise) sorted by
     (p, q), unfiltered, and a source of already filtered two-premise rules."""
-    check_filters(beta, min_premise_count, min_rule_count)
+    beta = options.beta
     p_one, q_one, nr_one, np_one = one
-    keep = (nr_one >= min_rule_count) & (np_one >= min_premise_count)
+    keep = (nr_one >= options.min_rule_count) & (np_one >= options.min_premise_count)
     if not keep.all():
         p_one, q_one, nr_one, np_one = p_one[keep], q_one[keep], nr_one[keep], np_one[keep]
 
     two_per_p1 = np.asarray(two.kept_per_p1(n_features), dtype=np.int64)
     total = len(p_one) + int(two_per_p1.sum())
-    cols = {name: empty_column(total, np.float64 if name == "prob" else np.int32) for name in RULE_COLUMNS}
+    cols = empty_table_columns(total)
 
     # One-premise rules of p go after every two-premise rule with p1 < p (a small scatter) ...
     pos_one = np.arange(len(p_one)) + np.r_[0, np.cumsum(two_per_p1)][p_one]

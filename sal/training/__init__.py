@@ -15,8 +15,12 @@ def __getattr__(name):  # lazy: importing the schedules should not import Lightn
         from sal.training.module import CrosscoderModule
 
         return CrosscoderModule
-    if name in ("ActivationDataModule", "ActivationStream"):
-        from sal.training import data
+    if name == "ActivationDataModule":
+        from sal.training.data import ActivationDataModule
 
-        return getattr(data, name)
+        return ActivationDataModule
+    if name == "ActivationStream":
+        from sal.training.stream import ActivationStream
+
+        return ActivationStream
     raise AttributeError(name)

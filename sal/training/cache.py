@@ -30,9 +30,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset
 
+from sal import activations
 from sal.faults import kill_point
-from sal.training.data import (Chunk, ShuffleBuffer, _pad, _seed, rank_and_world, resumable_batches, shard_index,
-                               skipped_batches)
+from sal.training.stream import (Chunk, ShuffleBuffer, _seed, rank_and_world, resumable_batches, shard_index,
+                                 skipped_batches)
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +141,6 @@ def _build(target: Path, lock: Path, key: dict, model, tokenizer, texts, layers,
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    from sal import activations
-
-    capture_fn = capture_fn or activations.residual_stream
-    mask_fn = mask_fn or activations.valid_token_mask
     special = activations.special_token_ids(tokenizer)
     dtype = _DTYPES[optim.cache_dtype]
     # We hold the lock: any other temporary of this key is a killed builder's leftover.
@@ -151,7 +148,6 @@ def _build(target: Path, lock: Path, key: dict, model, tokenizer, texts, layers,
         shutil.rmtree(stale, ignore_errors=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True)
-    device = next(model.parameters()).device
     shards, pending, n_pending, d_model = [], {"acts": [], "doc": [], "pos": []}, 0, None
 
     def flush(final: bool = False) -> None:
@@ -168,26 +164,19 @@ def _build(target: Path, lock: Path, key: dict, model, tokenizer, texts, layers,
             os.utime(lock, None)  # heartbeat: the lock is not stale while shards appear
 
     step = optim.docs_per_forward
-    window = step * 8  # documents sorted by length within a window: less padding
-    for w in tqdm(range(0, len(texts), window), desc="activation cache", unit="window"):
-        enc = tokenizer(list(texts[w:w + window]), truncation=True, max_length=optim.max_tokens_per_instance)
-        ids, attn = _pad([list(r) for r in enc["input_ids"]])
-        valid = mask_fn(ids, attn, special)
-        by_len = torch.argsort(attn.sum(dim=1), descending=True, stable=True)
-        for i in range(0, by_len.numel(), step):
-            rows = by_len[i:i + step]
-            if not valid[rows].any():
-                continue
-            width = int(attn[rows].sum(dim=1).max())
-            b_ids, b_attn, b_valid = ids[rows, :width], attn[rows, :width], valid[rows, :width]
-            acts = capture_fn(model, b_ids.to(device), b_attn.to(device), list(layers))[b_valid.to(device)]
-            d_model = acts.shape[-1]
-            row_pos = b_valid.nonzero()  # the same row-major order as the boolean index above
-            pending["acts"].append(acts.to("cpu", dtype))
-            pending["doc"].append((w + rows)[row_pos[:, 0]].to(torch.int32))
-            pending["pos"].append(row_pos[:, 1].to(torch.int32))
-            n_pending += acts.shape[0]
-            flush()
+    batches = activations.forward_batches(tokenizer, texts, optim.max_tokens_per_instance, step, special,
+                                          activations.SORT_WINDOW, mask_fn)
+    for batch in tqdm(batches, desc="activation cache", unit="forward", total=-(-len(texts) // step)):
+        if not batch.valid_BT.any():
+            continue
+        acts = activations.valid_activations(model, batch, layers, capture_fn)
+        d_model = acts.shape[-1]
+        row_pos = batch.valid_BT.nonzero()  # the same row-major order as valid_activations' boolean index
+        pending["acts"].append(acts.to("cpu", dtype))
+        pending["doc"].append(batch.docs_B[row_pos[:, 0]].to(torch.int32))
+        pending["pos"].append(row_pos[:, 1].to(torch.int32))
+        n_pending += acts.shape[0]
+        flush()
     flush(final=True)
     if not shards:
         raise ValueError("The corpus has no valid tokens: cannot build an activation cache.")

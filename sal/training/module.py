@@ -21,13 +21,13 @@ units, so every layer weighs equally), ``l0`` = active (feature, layer) pairs pe
 from __future__ import annotations
 
 import collections
-import dataclasses
 import time
 from typing import Any
 
 import lightning as L
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 from torch import Tensor
 
 from sal.config.crosscoder import CrosscoderConfig, OptimConfig
@@ -38,23 +38,16 @@ from sal.training.sparsity_control import SparsityController
 
 
 def as_config(obj: Any, cls: type):
-    """A dataclass instance of ``cls`` from an instance, a dict or an OmegaConf node."""
+    """A ``cls`` instance from an instance, a dict (a checkpoint's hyperparameters) or an
+    OmegaConf node: OmegaConf's structured merge names unknown keys and wrong types."""
     if isinstance(obj, cls):
         return obj
-    try:
-        from omegaconf import DictConfig, OmegaConf
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), obj))
 
-        if isinstance(obj, DictConfig):
-            obj = OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    if isinstance(obj, dict):
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(obj) - names
-        if unknown:
-            raise ValueError(f"Unknown {cls.__name__} fields {sorted(unknown)}; valid: {sorted(names)}.")
-        return cls(**obj)
-    raise TypeError(f"Expected a {cls.__name__}, a dict or a DictConfig, got {type(obj).__name__}.")
+
+def plain(config) -> dict:
+    """A config as built-in types (enum choices as their names) for logs and checkpoints."""
+    return OmegaConf.to_container(OmegaConf.structured(config), enum_to_str=True)
 
 
 def _dist_ready() -> bool:
@@ -72,10 +65,7 @@ class CrosscoderModule(L.LightningModule):
         self._micro = 0  # micro-batches seen since the fit started (checkpoints fall on step ends)
         self.cc_cfg = as_config(crosscoder, CrosscoderConfig)
         self.optim_cfg = as_config(optim, OptimConfig)
-        self.cc_cfg.validate()
-        self.optim_cfg.validate()
-        self.save_hyperparameters({"crosscoder": dataclasses.asdict(self.cc_cfg),
-                                   "optim": dataclasses.asdict(self.optim_cfg),
+        self.save_hyperparameters({"crosscoder": plain(self.cc_cfg), "optim": plain(self.optim_cfg),
                                    "n_layers": n_layers, "d_model": d_model})
         self.crosscoder: Crosscoder = build_crosscoder(self.cc_cfg, n_layers, d_model, seed=self.cc_cfg.seed)
         self.sparsity_control: SparsityController | None = None

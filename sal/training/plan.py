@@ -11,7 +11,7 @@ Memory per device, in bytes (P = crosscoder parameters = 2*L*D*C + L*C + L*D):
   backward's peak through the ReLU: the saved features, the features' gradient and the
   pre-activations' gradient) and ACT_BLD fp32 tensors of [B, L, D] (the batch, its
   normalised copy, the reconstruction, the error terms and their gradients).
-- the shuffle buffer, in host memory (sal.training.data.ShuffleBuffer): its capacity plus
+- the shuffle buffer, in host memory (sal.training.stream.ShuffleBuffer): its capacity plus
   the batches drained from it, at most twice its capacity of [tokens, L, D] activations in
   the subject model's dtype. It is on the device only when the device is the CPU.
 - the subject model's weights in its dtype, and one forward of docs_per_forward documents
@@ -135,10 +135,10 @@ class TrainPlan:
         return "\n".join(lines)
 
 
-def memory_gib(cc, optim, model, trainer, n_layers: int, micro_instances: int) -> dict:
+def memory_gib(crosscoder_cfg, optim, model, trainer, n_layers: int, micro_instances: int) -> dict:
     """Memory by component, in GiB (see the module docstring). ``host_buffer`` is host memory
     per rank; everything else is on the device (the buffer too when the device is the CPU)."""
-    L, D, C = n_layers, model.d_model, cc.n_features
+    L, D, C = n_layers, model.d_model, crosscoder_cfg.n_features
     P = crosscoder_params(L, D, C)
     mixed = trainer.precision in ("bf16-mixed", "16-mixed")
     compute_bytes = 2 if (mixed or trainer.precision == "bf16-true") else 4
@@ -171,7 +171,7 @@ def device_peak_gib(memory: dict) -> float:
                                                                             memory["subject_forward"])
 
 
-def make_plan(cc, optim, model, trainer, layers: Sequence[int], device_gib: Optional[float] = None) -> TrainPlan:
+def make_plan(crosscoder_cfg, optim, model, trainer, layers: Sequence[int], device_gib: Optional[float] = None) -> TrainPlan:
     """The plan of a run: micro-batch from optim.micro_batch_instances, or else the largest
     divisor of the rank's share whose peak fits the device."""
     world = world_size(trainer.devices, trainer.num_nodes)
@@ -191,7 +191,7 @@ def make_plan(cc, optim, model, trainer, layers: Sequence[int], device_gib: Opti
     while True:
         chosen = None
         for micro in candidates:
-            mem = memory_gib(cc, dataclasses.replace(optim, docs_per_forward=docs), model, trainer, len(layers), micro)
+            mem = memory_gib(crosscoder_cfg, dataclasses.replace(optim, docs_per_forward=docs), model, trainer, len(layers), micro)
             chosen = (micro, mem)
             if device_peak_gib(mem) <= device_gib:
                 break
@@ -207,7 +207,7 @@ def make_plan(cc, optim, model, trainer, layers: Sequence[int], device_gib: Opti
                          f"mixing, or set optim.micro_batch_instances lower.")
     peak = device_peak_gib(mem)
     tokens = optim.batch_instances * optim.tokens_per_instance
-    flops = 10.0 * tokens * len(layers) * model.d_model * cc.n_features
+    flops = 10.0 * tokens * len(layers) * model.d_model * crosscoder_cfg.n_features
     seconds = None
     if trainer.device_peak_tflops:
         seconds = flops / world / (trainer.device_peak_tflops * 1e12 * trainer.assumed_mfu)

@@ -10,7 +10,7 @@ Layout written under ``run_dir``::
 Resumption: a run killed at any point and started again with the same arguments continues
 from ``checkpoints/last.ckpt`` (weights, optimiser, LR schedule, step counter, dead-latent
 counters, sparsity controller) and stops at ``optim.max_steps``; the activation stream goes on
-with exactly the batches an uninterrupted run would have had (sal.training.data), so the
+with exactly the batches an uninterrupted run would have had (sal.training.stream), so the
 exported weights equal those of a run that was never stopped. The checkpoint is written
 atomically (AtomicCheckpointIO). A run whose export is complete for the same training config
 is a no-op.
@@ -30,6 +30,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from sal.config.crosscoder import CrosscoderConfig, OptimConfig
+from sal import tracking
 from sal.config.trainer import TrainerConfig
 from sal.training.data import ActivationDataModule
 from sal.training.module import CrosscoderModule, as_config
@@ -79,10 +80,10 @@ def describe_model(model, d_model: int):
                            dtype=str(first.dtype).removeprefix("torch."))
 
 
-def run_name(model_name: str, layers: Sequence[int], cc: CrosscoderConfig) -> str:
+def run_name(model_name: str, layers: Sequence[int], crosscoder_cfg: CrosscoderConfig) -> str:
     """W&B run name from the model, the layers and the sparsity setting."""
-    sparsity = f"a{cc.sparsity_coef:g}" if cc.arch == "relu" else f"topk{cc.k}"
-    return f"{model_name or 'model'}-L{'.'.join(str(i) for i in layers)}-{sparsity}-C{cc.n_features}"
+    sparsity = f"a{crosscoder_cfg.sparsity_coef:g}" if crosscoder_cfg.arch == "relu" else f"topk{crosscoder_cfg.k}"
+    return f"{model_name or 'model'}-L{'.'.join(str(i) for i in layers)}-{sparsity}-C{crosscoder_cfg.n_features}"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -109,20 +110,8 @@ def _make_loggers(run_dir: Path, logger_cfg, name: str, config: dict) -> list:
     loggers = []
     if logger_cfg is None or getattr(logger_cfg, "csv", True):
         loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", flush_logs_every_n_steps=10))
-    mode = getattr(logger_cfg, "wandb_mode", "auto") if logger_cfg is not None else "auto"
-    if logger_cfg is not None and getattr(logger_cfg, "wandb", True) and mode != "disabled":
-        if mode == "auto":
-            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-        try:
-            import wandb  # noqa: F401  (fails fast when the package is broken or absent)
-            from lightning.pytorch.loggers import WandbLogger
-
-            loggers.append(WandbLogger(project=getattr(logger_cfg, "wandb_project", "sal"),
-                                       entity=getattr(logger_cfg, "wandb_entity", None), name=name,
-                                       save_dir=str(run_dir), mode=mode, config=config))
-        except Exception as exc:  # W&B is optional: never lose a run because of it
-            log.warning("W&B logging disabled (%s: %s); metrics still go to CSV.", type(exc).__name__, exc)
-    return loggers
+    wandb_logger = tracking.lightning_wandb_logger(logger_cfg, run_dir, name, config) if logger_cfg else None
+    return loggers + ([wandb_logger] if wandb_logger is not None else [])
 
 
 def _export_is_complete(export_dir: Path, training: dict) -> dict | None:
@@ -158,6 +147,9 @@ def train_crosscoder(
 ) -> TrainResult:
     """Train a crosscoder on ``model``'s residual stream at ``layers`` over ``texts``.
 
+    (Long only by its documented arguments: planning, the Trainer, fitting and the export are
+    the helpers ``make_plan``, ``_lightning_trainer``, ``_fit`` and ``_export``.)
+
     Args:
         crosscoder, optim, trainer: configs (dataclasses, dicts or DictConfigs).
         model, tokenizer: the subject model (eval mode) and its tokenizer.
@@ -173,15 +165,13 @@ def train_crosscoder(
         capture_fn, mask_fn: replacements for ``residual_stream`` / ``valid_token_mask``.
         plan: the batch split (sal.training.plan); None plans here from the loaded model.
     """
-    cc = as_config(crosscoder, CrosscoderConfig)
+    crosscoder_cfg = as_config(crosscoder, CrosscoderConfig)
     opt = as_config(optim, OptimConfig)
     tcfg = as_config(trainer, TrainerConfig)
-    for c in (cc, opt, tcfg):
-        c.validate()
     layers = [int(i) for i in layers]
     run_dir = Path(run_dir)
     ckpt_dir, export_dir = run_dir / CKPT_DIR, run_dir / EXPORT_DIR
-    training = {"crosscoder": dataclasses.asdict(cc), "optim": dataclasses.asdict(opt)}
+    training = {"crosscoder": dataclasses.asdict(crosscoder_cfg), "optim": dataclasses.asdict(opt)}
     training["optim"]["betas"] = list(training["optim"]["betas"])
 
     done = _export_is_complete(export_dir, training)
@@ -192,46 +182,28 @@ def train_crosscoder(
 
     if tcfg.accelerator in ("gpu", "cuda"):
         torch.set_float32_matmul_precision(tcfg.matmul_precision)
-    L.seed_everything(cc.seed, workers=True, verbose=False)
+    L.seed_everything(crosscoder_cfg.seed, workers=True, verbose=False)
     d_model = _d_model(model)
     if plan is None:
-        plan = make_plan(cc, opt, describe_model(model, d_model), tcfg, layers)
+        plan = make_plan(crosscoder_cfg, opt, describe_model(model, d_model), tcfg, layers)
     if not plan.fits:
         raise ValueError(refusal(plan))
     opt = dataclasses.replace(opt, docs_per_forward=plan.docs_per_forward)
-    module = CrosscoderModule(cc, opt, n_layers=len(layers), d_model=d_model,
+    module = CrosscoderModule(crosscoder_cfg, opt, n_layers=len(layers), d_model=d_model,
                               accumulate_grad_batches=plan.accumulate_grad_batches)
-    datamodule = ActivationDataModule(model, tokenizer, texts, layers, opt, seed=cc.seed, model_name=model_name,
+    datamodule = ActivationDataModule(model, tokenizer, texts, layers, opt, seed=crosscoder_cfg.seed, model_name=model_name,
                                       capture_fn=capture_fn, mask_fn=mask_fn, micro_batch_tokens=plan.micro_batch_tokens,
                                       rank_step_tokens=plan.per_rank_instances * opt.tokens_per_instance)
-    ckpt_cb = ModelCheckpoint(dirpath=str(ckpt_dir), save_top_k=0, save_last=True,
-                              every_n_train_steps=opt.checkpoint_every_n_steps, enable_version_counter=False)
     config = resolved_config or {"crosscoder": training["crosscoder"], "optim": training["optim"],
                                  "trainer": dataclasses.asdict(tcfg), "layers": layers, "model": model_name}
-    pl_trainer = L.Trainer(
-        accelerator=tcfg.accelerator, devices=tcfg.devices, num_nodes=tcfg.num_nodes, strategy=_strategy(tcfg.strategy),
-        # Gradient clipping happens in CrosscoderModule.on_before_optimizer_step (not via
-        # gradient_clip_val, which Lightning refuses for fused AdamW under mixed precision).
-        precision=tcfg.precision, max_steps=opt.max_steps, max_epochs=-1,
-        accumulate_grad_batches=plan.accumulate_grad_batches,
-        log_every_n_steps=tcfg.log_every_n_steps, callbacks=[ckpt_cb, *callbacks],
-        logger=_make_loggers(run_dir, logger, run_name(model_name, layers, cc), config),
-        default_root_dir=str(run_dir), enable_progress_bar=tcfg.enable_progress_bar, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, deterministic=tcfg.deterministic,
-        use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
-    )
-    last = ckpt_dir / LAST
-    resumed_from = _checkpoint_step(last) if last.exists() else None
-    if resumed_from is not None and pl_trainer.is_global_zero:
-        print(f"Resuming from {last} (step {resumed_from} of {opt.max_steps})")
-    pl_trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
-
-    # The periodic checkpoint may predate the final step: save it, so a rerun is a no-op.
-    if getattr(ckpt_cb, "_last_global_step_saved", -1) != pl_trainer.global_step:
-        pl_trainer.save_checkpoint(str(last), weights_only=False)
+    ckpt_cb = ModelCheckpoint(dirpath=str(ckpt_dir), save_top_k=0, save_last=True,
+                              every_n_train_steps=opt.checkpoint_every_n_steps, enable_version_counter=False)
+    pl_trainer = _lightning_trainer(tcfg, opt, plan, [ckpt_cb, *callbacks],
+                                    _make_loggers(run_dir, logger, run_name(model_name, layers, crosscoder_cfg), config), run_dir)
+    resumed_from = _fit(pl_trainer, module, datamodule, ckpt_dir / LAST, ckpt_cb)
     summary = module.summary()
     if pl_trainer.is_global_zero:
-        extra: dict[str, Any] = {
+        _export(module, export_dir, crosscoder_cfg, summary, {
             "layers": layers,
             "subject_model": subject_model or {"name": model_name},
             "training": training,
@@ -240,10 +212,42 @@ def train_crosscoder(
             "complete": pl_trainer.global_step >= opt.max_steps,
             "final_metrics": summary,
             "activation_scales_note": "encode(normalise(x_raw)); denormalise(decode(h)) gives raw units",
-        }
-        module.crosscoder.save_pretrained(export_dir, extra, fold_scales=cc.fold_scales_on_export)
-        print(f"Crosscoder exported to {export_dir}")
-        print(f"Final (mean of last steps, normalised units): {format_summary(summary)}")
-        verdict = regime_verdict(summary)
-        (print if verdict.startswith("in the") else log.warning)(f"Dictionary: {verdict}")
+        })
     return TrainResult(export_dir, summary, resumed_from, pl_trainer.global_step)
+
+
+def _fit(pl_trainer: L.Trainer, module: CrosscoderModule, datamodule, last: Path, ckpt_cb: ModelCheckpoint) -> int | None:
+    """Fit, resuming from ``last`` when it exists; returns the step resumed from (None: fresh)."""
+    resumed_from = _checkpoint_step(last) if last.exists() else None
+    if resumed_from is not None and pl_trainer.is_global_zero:
+        print(f"Resuming from {last} (step {resumed_from} of {pl_trainer.max_steps})")
+    pl_trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+    # The periodic checkpoint may predate the final step: save it, so a rerun is a no-op.
+    if getattr(ckpt_cb, "_last_global_step_saved", -1) != pl_trainer.global_step:
+        pl_trainer.save_checkpoint(str(last), weights_only=False)
+    return resumed_from
+
+
+def _lightning_trainer(tcfg: TrainerConfig, opt: OptimConfig, plan: TrainPlan, callbacks: list, loggers: list,
+                       run_dir: Path) -> L.Trainer:
+    """The Lightning Trainer of the plan's batch split (no validation loop, atomic checkpoints)."""
+    return L.Trainer(
+        accelerator=tcfg.accelerator, devices=tcfg.devices, num_nodes=tcfg.num_nodes, strategy=_strategy(tcfg.strategy),
+        # Gradient clipping happens in CrosscoderModule.on_before_optimizer_step (not via
+        # gradient_clip_val, which Lightning refuses for fused AdamW under mixed precision).
+        precision=tcfg.precision, max_steps=opt.max_steps, max_epochs=-1,
+        accumulate_grad_batches=plan.accumulate_grad_batches,
+        log_every_n_steps=tcfg.log_every_n_steps, callbacks=callbacks, logger=loggers,
+        default_root_dir=str(run_dir), enable_progress_bar=tcfg.enable_progress_bar, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, deterministic=tcfg.deterministic,
+        use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
+    )
+
+
+def _export(module: CrosscoderModule, export_dir: Path, crosscoder_cfg: CrosscoderConfig, summary: dict, extra: dict) -> None:
+    """Write the trained crosscoder with its provenance (rank 0), and say how sparse it came out."""
+    module.crosscoder.save_pretrained(export_dir, extra, fold_scales=crosscoder_cfg.fold_scales_on_export)
+    print(f"Crosscoder exported to {export_dir}")
+    print(f"Final (mean of last steps, normalised units): {format_summary(summary)}")
+    verdict = regime_verdict(summary)
+    (print if verdict.startswith("in the") else log.warning)(f"Dictionary: {verdict}")

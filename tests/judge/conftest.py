@@ -1,4 +1,5 @@
-"""Fixtures for the judge tests: a tiny offline tokenizer and causal LM, a fake server."""
+"""Fixtures for the judge tests: a character tokenizer with a chat template (built offline)
+and a tiny random Llama over it (sal.models.tiny_llama, the builder every test uses)."""
 
 from __future__ import annotations
 
@@ -27,16 +28,6 @@ def make_char_tokenizer():
     return tok
 
 
-def make_tiny_llama(vocab_size: int, seed: int = 0):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192)
-    return LlamaForCausalLM(config).eval()
-
-
 @pytest.fixture(scope="session")
 def char_tokenizer():
     return make_char_tokenizer()
@@ -48,7 +39,10 @@ def tiny_lm(char_tokenizer):
     # CPU the OpenMP hand-offs of two threads cost ~100x the compute.
     import torch
 
+    from sal.models import tiny_llama
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield make_tiny_llama(len(char_tokenizer))
+    # A character per token: the paper's prompts run to thousands of positions.
+    yield tiny_llama(char_tokenizer, n_layers=2, d_model=32, max_position_embeddings=8192)
     torch.set_num_threads(threads)

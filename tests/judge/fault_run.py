@@ -150,7 +150,7 @@ def fault_run(workdir: Path, n: int = 330, stream: bool = True, concurrency: int
         results = judge.judge(items(n), progress=False)
         wall = time.monotonic() - start
         write_labelled(results, run_dir / "evaluate" / "labelled_rules.parquet")
-        (run_dir / "judge_report.txt").write_text(judge.report.summary() + "\n")
+        (run_dir / "judge_report.txt").write_text(judge.tally.summary() + "\n")
         outcomes = [o for evs in server.events.values() for _, o in evs]
         # Longest gap between a "Retry-After: 3600" and the next attempt of that prompt: the
         # capped wait, plus the wait for a free request slot.
@@ -325,6 +325,6 @@ def dead_endpoint(workdir: Path, n: int = 300) -> dict:
                 message = "(no error)"
             except UnreachableError as err:
                 message = str(err)
-            out[name] = {"attempts": judge.report.n_requests, "seconds": round(time.monotonic() - start, 3),
+            out[name] = {"attempts": judge.tally.n_requests, "seconds": round(time.monotonic() - start, 3),
                          "message": message}
     return out

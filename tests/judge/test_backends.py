@@ -67,7 +67,7 @@ def test_lexical_declines_rules_explicitly():
     judge = make_judge(JudgeConfig(backend="lexical"))
     res = judge.judge([rule_item(1, -1, 2, ["a"], "b")], progress=False)[0]
     assert res.status == DECLINED and res.label is None and "cannot judge rule" in res.error
-    assert judge.report.n_declined == 1 and judge.report.problems[0][1] == DECLINED
+    assert judge.tally.n_declined == 1 and judge.tally.problems[0][1] == DECLINED
 
 
 # -- replay ----------------------------------------------------------------------------
@@ -165,14 +165,14 @@ def test_hf_local_labels_by_loglik_and_caches(tmp_path, tiny_lm, char_tokenizer,
         assert results[4].label in ("exact", "semantic", "cannot_tell")
         if results[4].label != "cannot_tell":  # body (after "Exact pattern:"/"Semantic:") within the budget
             assert len(results[4].text.split(":", 1)[1].strip()) <= 6
-    assert judge.report.n_requests == 5
+    assert judge.tally.n_requests == 5
 
     # Same model (same weights) and inputs: everything from the cache, no forward pass.
     again = make_judge(cfg, loader=lambda: (_ for _ in ()).throw(AssertionError("must not load")),
                        model_id=judge.model_id)
     assert [(r.status, r.label, r.text) for r in again.judge(items, progress=False)] == \
         [(r.status, r.label, r.text) for r in results]
-    assert again.report.n_requests == 0 and again.report.n_cache_hits == 5
+    assert again.tally.n_requests == 0 and again.tally.n_cache_hits == 5
 
 
 def test_hf_local_loader_is_called_lazily(tiny_lm, char_tokenizer):
@@ -205,18 +205,18 @@ def test_sync_wrapper_works_inside_a_running_loop():
                                           ("lexical_min_share", 1.5), ("timeout_s", 0.0)])
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"judge.{field}="):
-        JudgeConfig(**{field: value}).validate()
+        JudgeConfig(**{field: value})
 
 
 def test_config_validation_never_echoes_a_key():
     with pytest.raises(ValueError) as err:
-        JudgeConfig(api_key_env="sk-secret=1").validate()
+        JudgeConfig(api_key_env="sk-secret=1")
     assert "sk-secret" not in str(err.value)
 
 
 def test_replay_needs_a_path():
     with pytest.raises(ValueError, match="replay_path"):
-        JudgeConfig(backend="replay").validate()
+        JudgeConfig(backend="replay")
 
 
 def test_equal_prompts_are_judged_once_and_each_item_keeps_its_key(tiny_lm, char_tokenizer, tmp_path):
@@ -224,7 +224,7 @@ def test_equal_prompts_are_judged_once_and_each_item_keeps_its_key(tiny_lm, char
     other = rule_item(1, -1, 3, ["a premise"], "another conclusion")
     judge = make_judge(JudgeConfig(backend="hf_local", cache_dir=None), model=tiny_lm, tokenizer=char_tokenizer)
     out = judge.judge([same_a, other, same_b], progress=False)
-    assert judge.report.n_requests == 2
+    assert judge.tally.n_requests == 2
     assert [r.key for r in out] == [same_a.key, other.key, same_b.key]
     assert (out[0].label, out[0].text) == (out[2].label, out[2].text)
     # Human labels belong to rules, not to their wording: replay never merges items.

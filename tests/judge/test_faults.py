@@ -147,7 +147,7 @@ def test_streamed_answers_keep_reasoning_usage_and_send_what_servers_expect(tmp_
         results = judge.judge(fr.items(5), progress=False)
     assert [r.label for r in results] == [fr.expected_category(i) for i in range(5)]
     assert all(b["stream"] is True and b["stream_options"] == {"include_usage": True} for b in server.bodies)
-    assert judge.report.prompt_tokens > 0 and judge.report.n_missing_usage == 0 and judge.report.cost_usd > 0
+    assert judge.tally.prompt_tokens > 0 and judge.tally.n_missing_usage == 0 and judge.tally.cost_usd > 0
     cache = JudgeCache(tmp_path / "cache")
     records = [cache.get(k) for k in cache.keys()]
     assert all(r["reasoning"].startswith("Is it") and r["finish_reason"] == "stop" for r in records)
@@ -186,7 +186,7 @@ def test_identical_questions_in_flight_together_are_sent_once(tmp_path, api_key)
         first, second = asyncio.run(two_batches())
     assert [r.status for r in first + second] == [OK] * 10
     assert server.n_requests == 6 and max(server.attempts.values()) == 1
-    assert judge.report.n_shared == 4
+    assert judge.tally.n_shared == 4
 
 
 # -- start-up checks --------------------------------------------------------------------------------
@@ -207,13 +207,15 @@ def test_preflight_names_each_problem_within_seconds(tmp_path, monkeypatch):
                                                  model="fault-r1", api_key_env=fr.KEY_ENV), **kw})
         cases = {
             "missing key": (cfg(api_key_env="SAL_NOT_SET_ANYWHERE"), CredentialError, "SAL_NOT_SET_ANYWHERE"),
-            "bad url": (cfg(base_url="127.0.0.1:8000/v1"), ConfigError, "judge.base_url"),
             "refused": (cfg(base_url=f"http://127.0.0.1:{fr._free_port()}/v1"), UnreachableError,
                         "connection refused"),
             "dns": (cfg(base_url="http://sal-judge-does-not-exist.invalid/v1"), UnreachableError, "DNS lookup"),
             "tls": (cfg(base_url=server.base_url.replace("http:", "https:")), UnreachableError, "TLS handshake"),
             "wrong key": (cfg(), CredentialError, "HTTP 401"),
         }
+        # A malformed URL is refused when the config is built (composition), before any preflight.
+        with pytest.raises(ConfigError, match="judge.base_url"):
+            cfg(base_url="127.0.0.1:8000/v1")
         for name, (config, kind, words) in cases.items():
             err, seconds = _timed(lambda: preflight(config))
             assert isinstance(err, kind) and words in str(err), (name, err)

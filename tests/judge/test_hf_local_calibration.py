@@ -118,10 +118,10 @@ def test_calibration_is_part_of_the_cache_key(tmp_path, tiny_lm, char_tokenizer)
 
     on.judge(items, progress=False)
     off.judge(items, progress=False)  # must not be served the calibrated answers
-    assert off.report.n_cache_hits == 0 and off.report.n_requests == len(items)
+    assert off.tally.n_cache_hits == 0 and off.tally.n_requests == len(items)
     again = make_judge(JudgeConfig(**cfg, hf_calibrate=True), model=tiny_lm, tokenizer=char_tokenizer)
     again.judge(items, progress=False)
-    assert again.report.n_cache_hits == len(items) and again.report.n_requests == 0
+    assert again.tally.n_cache_hits == len(items) and again.tally.n_requests == 0
 
 
 @pytest.mark.parametrize("bare", [True, False])

@@ -42,12 +42,12 @@ def test_base_url_must_be_a_usable_url(url, ok):
     assert (base_url_problem(url) is None) == ok
     if not ok:
         with pytest.raises(ConfigError, match="judge.base_url"):
-            JudgeConfig(backend="openai", base_url=url).validate()
+            JudgeConfig(backend="openai", base_url=url)
 
 
 @pytest.mark.parametrize("field", ["connect_timeout_s", "read_timeout_s", "timeout_s", "retry_after_max_s"])
 def test_timeouts_must_be_positive(field):
     with pytest.raises(ConfigError, match=field):
-        JudgeConfig(**{field: 0}).validate()
+        JudgeConfig(**{field: 0})
     with pytest.raises(ConfigError, match="max_connect_failures"):
-        JudgeConfig(max_connect_failures=0).validate()
+        JudgeConfig(max_connect_failures=0)

@@ -108,13 +108,13 @@ def test_real_judgments_parse_streamed_and_not(server, tmp_path, monkeypatch):
         assert all(r.status in (OK, UNPARSEABLE) for r in results), [(r.key, r.status, r.error) for r in results]
         assert sum(r.ok for r in results) >= 2, [(r.key, r.raw) for r in results]
         assert next(r for r in results if r.key == "rule/copy0").label == "Plausible"
-        assert judge.report.n_requests == len(results) and judge.report.n_retries == 0
+        assert judge.tally.n_requests == len(results) and judge.tally.n_retries == 0
         raw[stream] = [r.raw for r in results]
         records = [JudgeCache(tmp_path / str(stream) / "cache").get(k)
                    for k in JudgeCache(tmp_path / str(stream) / "cache").keys()]
         assert all(rec["finish_reason"] in ("stop", "length") for rec in records)
         if not stream:  # llama.cpp sends usage in plain answers (and ignores stream_options)
-            assert judge.report.prompt_tokens > 0 and judge.report.n_missing_usage == 0
+            assert judge.tally.prompt_tokens > 0 and judge.tally.n_missing_usage == 0
     assert raw[True] == raw[False]  # greedy: the streamed deltas add up to the plain answer
 
 
@@ -125,4 +125,4 @@ def test_llama_cpp_refusing_the_key_stops_the_batch(server, tmp_path, monkeypatc
     judge = make_judge(config(server, tmp_path))
     with pytest.raises(CredentialError, match=KEY_ENV) as err:
         judge.judge(judge_items(), progress=False)
-    assert "sk-not-the-right-key-91aa" not in str(err.value) and judge.report.n_requests == 1
+    assert "sk-not-the-right-key-91aa" not in str(err.value) and judge.tally.n_requests == 1

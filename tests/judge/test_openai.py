@@ -93,8 +93,8 @@ def test_faults_retries_cache_and_secrets(tmp_path, api_key, caplog):
                 assert r.label == expected_category(i) and r.text == f"item {i}"
         failed = next(r for r in results if r.status == FAILED)
         assert "gave up after 4 attempts" in failed.error and "HTTP 500" in failed.error
-        assert sorted(k for k, _, _ in judge.report.problems) == ["rule/47,-1,1047", "rule/49,-1,1049"]
-        assert (judge.report.n_ok, judge.report.n_failed, judge.report.n_unparseable) == (48, 1, 1)
+        assert sorted(k for k, _, _ in judge.tally.problems) == ["rule/47,-1,1047", "rule/49,-1,1049"]
+        assert (judge.tally.n_ok, judge.tally.n_failed, judge.tally.n_unparseable) == (48, 1, 1)
 
         # Each fault really happened, and each item was answered successfully only as often
         # as it needed (once; three times for the never-parseable one).
@@ -116,7 +116,7 @@ def test_faults_retries_cache_and_secrets(tmp_path, api_key, caplog):
                 assert min(arrivals) - times[0] >= RETRY_AFTER - 0.02
 
         # Usage and cost tallied from the responses.
-        rep = judge.report
+        rep = judge.tally
         assert rep.prompt_tokens > 0 and rep.completion_tokens > 0
         assert rep.cost_usd == pytest.approx(rep.prompt_tokens / 1000 * 0.5 + rep.completion_tokens / 1000 * 2.0)
         assert rep.n_requests == server.n_requests
@@ -173,7 +173,53 @@ def test_other_client_errors_fail_the_item_alone(tmp_path, api_key):
     results = judge.judge(items(3), progress=False)
     assert [r.status for r in results] == [OK, FAILED, OK]
     assert "HTTP 400" in results[1].error and "context too long" in results[1].error
-    assert judge.report.n_requests == 3
+    assert judge.tally.n_requests == 3
+
+
+def test_retry_policy_on_a_scripted_transport(api_key, caplog):
+    """Each item meets its own script of answers (no sockets: timeouts and streaming are the
+    fault server's). Retry-After is waited, and capped at retry_after_max_s with one warning;
+    a malformed body is asked again; an answer that arrived is never asked again; an item
+    that never succeeds gives up after max_retries + 1 attempts, saying why; the back-off
+    waits at least half its nominal length."""
+    import httpx
+
+    from sal.judge.openai_http import OpenAIJudge
+
+    def ok(i):
+        return httpx.Response(200, json={"choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": f'<judgement>{{"Category": "{expected_category(i)}"}}</judgement>'}}]})
+
+    script = {0: [lambda i: httpx.Response(429, headers={"Retry-After": "0.25"}), ok],
+              1: [lambda i: httpx.Response(200, content=b"<html>bad gateway</html>"), ok],
+              2: [lambda i: httpx.Response(500)],
+              3: [ok],
+              4: [lambda i: httpx.Response(429, headers={"Retry-After": "3600"}), ok],
+              5: [lambda i: httpx.Response(503), ok]}
+    arrivals = {i: [] for i in script}
+
+    def reply(request):
+        i = item_index(json.loads(request.content)["messages"][0]["content"])
+        arrivals[i].append(time.monotonic())
+        steps = script[i]
+        return steps[min(len(arrivals[i]), len(steps)) - 1](i)
+
+    cfg = JudgeConfig(backend="openai", base_url="http://127.0.0.1:9/v1", model="m", api_key_env=KEY_ENV,
+                      concurrency=2, max_retries=3, backoff_base_s=0.2, backoff_max_s=0.2, retry_after_max_s=0.5,
+                      max_parse_retries=0, cache_dir=None)
+    caplog.set_level(logging.WARNING, logger="sal.judge")
+    judge = OpenAIJudge(cfg, transport=httpx.MockTransport(reply))
+    results = judge.judge(items(len(script)), progress=False)
+    assert [r.status for r in results] == [OK, OK, FAILED, OK, OK, OK]
+    assert [r.label for r in results if r.ok] == [expected_category(i) for i in (0, 1, 3, 4, 5)]
+    assert "gave up after 4 attempts" in results[2].error and "HTTP 500" in results[2].error
+    assert {i: len(t) for i, t in arrivals.items()} == {0: 2, 1: 2, 2: 4, 3: 1, 4: 2, 5: 2}
+    assert (judge.tally.n_requests, judge.tally.n_retries) == (13, 7)
+    gap = {i: t[1] - t[0] for i, t in arrivals.items() if len(t) > 1}
+    assert gap[0] >= 0.25 - 0.01  # Retry-After, longer than the back-off
+    assert 0.5 - 0.01 <= gap[4] < 1.5  # Retry-After: 3600, capped
+    assert caplog.text.count("Retry-After") == 1 and "3600" in caplog.text
+    assert gap[1] >= 0.1 - 0.01 and gap[5] >= 0.1 - 0.01  # back-off: uniform in [d/2, d], d = 0.2 s
 
 
 def test_missing_key_is_a_clear_error(tmp_path, monkeypatch):

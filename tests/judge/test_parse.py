@@ -2,7 +2,7 @@
 
 import pytest
 
-from sal.judge import Judgement, Summary, parse_decision, parse_judgement, parse_summary
+from sal.judge import RuleVerdict, Summary, parse_decision, parse_rule_verdict, parse_summary
 
 R1_RULE = """<think>
 Okay, the premise is about square roots and the conclusion is the number 2. Is this Strict?
@@ -18,35 +18,35 @@ Hmm, actually simplifying radicals often ends in small integers, which is a heur
 @pytest.mark.parametrize(
     "text, expected",
     [
-        (R1_RULE, Judgement("Plausible", "Simplifying square roots often yields small integers like 2.")),
+        (R1_RULE, RuleVerdict("Plausible", "Simplifying square roots often yields small integers like 2.")),
         # R1 through some servers: the opening <think> was pre-filled, only </think> appears.
         ("The answer could be Plausible or No.\n</think>\n<judgement>{\"Category\": \"Strict\", "
-         "\"Relation/Intuition\": \"Pythagorean theorem\"}</judgement>", Judgement("Strict", "Pythagorean theorem")),
+         "\"Relation/Intuition\": \"Pythagorean theorem\"}</judgement>", RuleVerdict("Strict", "Pythagorean theorem")),
         # No braces at all, exactly like the template in Figure 9.
         ('<judgement> "Category": "Strict", "Relation/Intuition": "a^2+b^2=c^2 for right triangles" </judgement>',
-         Judgement("Strict", "a^2+b^2=c^2 for right triangles")),
+         RuleVerdict("Strict", "a^2+b^2=c^2 for right triangles")),
         # Code fence, single quotes, lower case, "Noise" as the third category.
         ("Here is my answer:\n```json\n<judgement> {'category': 'noise', 'relation/intuition': 'unrelated tokens'} "
-         "</judgement>\n```\nHope this helps.", Judgement("No", "unrelated tokens")),
+         "</judgement>\n```\nHope this helps.", RuleVerdict("No", "unrelated tokens")),
         # Missing closing brace and missing closing tag.
         ('<judgement> {"Category": "plausible", "Relation/Intuition": "check the answer by substitution"',
-         Judgement("Plausible", "check the answer by substitution")),
+         RuleVerdict("Plausible", "check the answer by substitution")),
         # Apostrophe inside a double-quoted rationale.
         ('<judgement> {"Category": "STRICT", "Relation/Intuition": "Vieta\'s formulas relate roots"} </judgement>',
-         Judgement("Strict", "Vieta's formulas relate roots")),
+         RuleVerdict("Strict", "Vieta's formulas relate roots")),
         # No tag: the last Category in the answer counts.
-        ('After thinking: "Category": "No", "Relation/Intuition": "no link"', Judgement("No", "no link")),
+        ('After thinking: "Category": "No", "Relation/Intuition": "no link"', RuleVerdict("No", "no link")),
         # Escaped quote inside the rationale.
         (r'<judgement> {"Category": "Strict", "Relation/Intuition": "the \"if\" part implies it"} </judgement>',
-         Judgement("Strict", 'the "if" part implies it')),
+         RuleVerdict("Strict", 'the "if" part implies it')),
         # Rationale missing: category still read, rationale empty.
-        ('<judgement> {"Category": "Plausible"} </judgement>', Judgement("Plausible", "")),
+        ('<judgement> {"Category": "Plausible"} </judgement>', RuleVerdict("Plausible", "")),
         ("<JUDGMENT> Category: Strict, Relation/Intuition: definition of a prime </JUDGMENT>",
-         Judgement("Strict", "definition of a prime")),
+         RuleVerdict("Strict", "definition of a prime")),
     ],
 )
-def test_parse_judgement_realistic(text, expected):
-    assert parse_judgement(text) == expected
+def test_parse_rule_verdict_realistic(text, expected):
+    assert parse_rule_verdict(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -61,8 +61,8 @@ def test_parse_judgement_realistic(text, expected):
         "I think this is a strict rule.",
     ],
 )
-def test_parse_judgement_refuses(text):
-    assert parse_judgement(text) is None
+def test_parse_rule_verdict_refuses(text):
+    assert parse_rule_verdict(text) is None
 
 
 @pytest.mark.parametrize(
@@ -127,8 +127,8 @@ def test_parse_summary_refuses(text):
     '</think>first pass</think> <think>second thoughts <judgement>{"Category": "No"}</judgement>',
 ])
 def test_a_reply_that_ends_inside_its_reasoning_has_no_answer(text):
-    from sal.judge.parse import parse_judgement
+    from sal.judge.parse import parse_rule_verdict
 
-    assert parse_judgement(text) is None
+    assert parse_rule_verdict(text) is None
     closed = text + "</think>"  # the same drafts, once the reasoning is over, are not the answer either
-    assert parse_judgement(closed + ' <judgement>{"Category": "Plausible"}</judgement>').category == "Plausible"
+    assert parse_rule_verdict(closed + ' <judgement>{"Category": "Plausible"}</judgement>').category == "Plausible"

@@ -48,7 +48,7 @@ def test_api_key_env_must_be_a_variable_name(name, ok):
     assert (env_key_problem(name) is None) == ok
     if not ok:
         with pytest.raises(ConfigError) as err:
-            JudgeConfig(backend="openai", api_key_env=name).validate()
+            JudgeConfig(backend="openai", api_key_env=name)
         assert "<redacted>" in str(err.value) and (not name or name not in str(err.value))
 
 

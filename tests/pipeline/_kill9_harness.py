@@ -49,15 +49,17 @@ def _preload() -> None:
     from transformers import LlamaForCausalLM  # noqa: F401
 
     import sal.cli  # noqa: F401
+    import sal.feature_explanations  # noqa: F401
     import sal.features  # noqa: F401
-    import sal.interpret  # noqa: F401
     import sal.judge  # noqa: F401
     import sal.judge.hf_local  # noqa: F401
     import sal.models  # noqa: F401
     import sal.pipeline.evaluate  # noqa: F401
     import sal.pipeline.extract  # noqa: F401
     import sal.pipeline.train  # noqa: F401
+    import sal.rule_judging  # noqa: F401
     import sal.rules  # noqa: F401
+    import sal.top_spans  # noqa: F401
     import sal.training.run  # noqa: F401
 
 

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 import sal.data.corpus as corpus_mod
 from sal.config.schema import register_configs, validate_config
 from sal.data.corpus import select_corpus_questions, stratified_rule_set
-from sal.pipeline.common import build_corpus
+from sal.pipeline.generate import build_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
 register_configs()
@@ -58,7 +58,7 @@ def test_both_sets_come_from_one_joint_generation(cfg, monkeypatch):
 def test_the_manifest_records_sources_and_finished_responses(cfg, monkeypatch, tmp_path):
     import json
 
-    from sal.pipeline.common import corpus_root
+    from sal.pipeline.generate import corpus_root
 
     def fake_hf_generator(model, tokenizer, gen):
         def run(prompts, batch_index, caps):  # every other response is cut at its cap

@@ -10,7 +10,7 @@ import sal.features
 from sal.config.schema import register_configs, validate_config
 from sal.crosscoder import Crosscoder
 from sal.pipeline import extract
-from sal.pipeline.common import build_corpus
+from sal.pipeline.generate import build_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
 register_configs()
@@ -60,9 +60,10 @@ def test_one_length_drives_generation_training_and_both_feature_passes(tmp_path,
     assert any(room)
     assert (corpus.response[[not r for r in room]] == "").all()  # a question that fills the document alone
     assert (corpus.n_tokens[corpus.finished] <= max_doc_tokens).all()
-    cc = Crosscoder(len(cfg.layers.indices), model.config.hidden_size, 16)
-    extract.rule_set_layer_counts(cfg, tmp_path, model, tok, cc, list(cfg.layers.indices))
-    extract.interpret(cfg, tmp_path, model, tok, cc, list(cfg.layers.indices))  # the corpus's feature pass
+    crosscoder = Crosscoder(len(cfg.layers.indices), model.config.hidden_size, 16)
+    extract.rule_set_layer_counts(cfg, tmp_path, model, tok, crosscoder, list(cfg.layers.indices))
+    # the corpus's feature pass
+    extract.run_interpretation(cfg, tmp_path, model, tok, crosscoder, list(cfg.layers.indices))
     assert spy_feature_pass == [max_doc_tokens, max_doc_tokens]
 
 
@@ -79,11 +80,11 @@ def test_unfinished_responses_stay_out_of_the_rule_set_by_default(tmp_path, tiny
     rule_set = build_corpus(cfg, "rule_set", model, tok)
     path = next((tmp_path / "corpus").glob("*/rule_set.parquet"))
     rule_set.assign(finished=False).to_parquet(path, index=False)  # none finished
-    cc = Crosscoder(len(cfg.layers.indices), model.config.hidden_size, 16)
+    crosscoder = Crosscoder(len(cfg.layers.indices), model.config.hidden_size, 16)
     with pytest.raises(ValueError, match="No rule-set response finished.*rule_set_unfinished=include"):
-        extract.rule_set_layer_counts(cfg, tmp_path, model, tok, cc, list(cfg.layers.indices))
+        extract.rule_set_layer_counts(cfg, tmp_path, model, tok, crosscoder, list(cfg.layers.indices))
     # some finished: only those are read
     marked = rule_set.assign(finished=[i % 3 == 0 for i in range(len(rule_set))])
     marked.to_parquet(path, index=False)
-    counts = extract.rule_set_layer_counts(cfg, tmp_path, model, tok, cc, list(cfg.layers.indices))
+    counts = extract.rule_set_layer_counts(cfg, tmp_path, model, tok, crosscoder, list(cfg.layers.indices))
     assert counts.shape[0] == int(marked.finished.sum())

@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sal.pipeline.evaluate import enforce_min_rules, sample_rules
+from sal.pipeline.analyses.judged_sample import enforce_min_rules
+from sal.pipeline.analyses.single import sample_rules
 
 
 def _rules():
@@ -38,7 +39,7 @@ def test_thin_categories_are_dropped_or_refused():
 
 
 def test_too_few_categories_is_named_with_the_features_behind_it():
-    from sal.pipeline.evaluate import not_computable_reason
+    from sal.pipeline.analyses.single import not_computable_reason
 
     rules = _rules()
     frame = {"1": {"n_rules": 20, "n_judgeable": 12, "n_sampled": 12}, "2": {"n_rules": 30, "n_judgeable": 8, "n_sampled": 8}}
@@ -52,7 +53,7 @@ def test_too_few_categories_is_named_with_the_features_behind_it():
 def test_the_demo_report_shows_a_run_without_sal(tmp_path):
     import json
 
-    from sal.report import write_demo_report
+    from sal.demo_report import write_demo_report
 
     done, empty = tmp_path / "a", tmp_path / "b"
     for d in (done, empty):
@@ -84,7 +85,7 @@ def _judged_run(run_dir, probs_by_category, evaluate):
 
 def test_the_demo_report_opens_with_the_gain_over_the_null_twin(tmp_path):
     from sal import metrics
-    from sal.report import write_demo_report
+    from sal.demo_report import write_demo_report
 
     rng = np.random.default_rng(0)
     model = {"Strict": rng.beta(8, 2, 40), "Plausible": rng.beta(5, 5, 40), "No": rng.beta(2, 8, 40)}
@@ -107,7 +108,7 @@ def test_compare_leaves_out_runs_without_sal(tmp_path, caplog):
     import json
     from types import SimpleNamespace
 
-    from sal.pipeline.evaluate import collect_sal
+    from sal.pipeline.analyses.compare import collect_sal
 
     for name, sal in (("m1", 0.3), ("m2", None)):
         d = tmp_path / name
@@ -126,7 +127,7 @@ def test_compare_can_rank_by_the_gain_over_the_null_twin(tmp_path):
     from types import SimpleNamespace
 
     from sal.errors import MissingInputError
-    from sal.pipeline.evaluate import collect_sal
+    from sal.pipeline.analyses.compare import collect_sal
 
     for name, sal, delta in (("m1", 0.3, 0.2), ("m2", 0.4, None)):
         d = tmp_path / name
@@ -155,7 +156,7 @@ def _cfg_with_twin(null_twin):
 
 def test_the_null_twin_is_named_beside_the_run_or_by_path_and_must_be_evaluated(tmp_path):
     from sal.errors import ConfigError, MissingInputError
-    from sal.pipeline.evaluate import check_null_twin
+    from sal.pipeline.analyses.single import check_null_twin
     from sal.pipeline.steps import null_twin_dir
 
     run_dir = tmp_path / "model" / "default"
@@ -182,3 +183,12 @@ def test_the_sal_step_is_stale_when_the_null_twin_is_evaluated_again(tmp_path):
     assert sal_step(_cfg_with_twin(None), run_dir).digest != first
     (twin / "sal.fingerprint.json").write_text(json.dumps({"digest": "second"}))
     assert sal_step(cfg, run_dir).digest != first
+
+
+def test_every_analysis_choice_has_its_function():
+    from pathlib import Path
+
+    from sal.pipeline.evaluate import ANALYSES
+
+    choices = {p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "analysis").glob("*.yaml")}
+    assert set(ANALYSES) == choices

@@ -23,7 +23,7 @@ def calls(monkeypatch):
 
 def _count(tmp_path, trainer: TrainerConfig):
     cfg = SimpleNamespace(rules=RulesConfig(), trainer=trainer)
-    extract.count(cfg, tmp_path, sp.csr_matrix(np.eye(3, dtype=np.int32)), allowed=None)
+    extract.run_rule_counting(cfg, tmp_path, sp.csr_matrix(np.eye(3, dtype=np.int32)), allowed=None)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from sal import metrics
-from sal.pipeline.evaluate import judged_probs
+from sal.pipeline.analyses.judged_sample import judged_probs
 
 ROOT = Path(__file__).resolve().parents[2]
 N_FEATURES = 256  # tiny-random's dictionary; the C sweep adds 64

@@ -6,8 +6,11 @@ import pytest
 import scipy.sparse as sp
 from rules_reference import brute_force_rules
 
+import dataclasses
+
 import sal.rules.accumulate as accumulate
-from sal.rules import count_rules
+from sal.rules import CountOptions, count_rules
+from sal.rules._csr import run_lengths, run_starts
 from sal.rules.accumulate import KeyCountAccumulator, KeySegment, merge_runs
 
 INT_COLS = ["p1", "p2", "q", "n_premise", "n_rule"]
@@ -149,3 +152,36 @@ def test_accumulator_range_merge_sums_overlapping_runs():
     k2, c2 = merge_runs(runs)
     np.testing.assert_array_equal(k2, keys)
     np.testing.assert_array_equal(c2, counts)
+
+
+def test_run_starts_over_one_and_several_keys():
+    first = np.array([0, 0, 1, 1, 1, 2, 2])
+    second = np.array([5, 6, 6, 6, 7, 7, 7])
+    starts = run_starts(first)
+    np.testing.assert_array_equal(starts, [0, 2, 5])
+    np.testing.assert_array_equal(run_lengths(starts, len(first)), [2, 3, 2])
+    both = run_starts(first, second)  # a run ends where either key changes
+    np.testing.assert_array_equal(both, [0, 1, 2, 4, 5])
+    np.testing.assert_array_equal(run_lengths(both, len(first)), [1, 1, 2, 1, 2])
+    assert starts.dtype == np.int64 and run_starts(first[:1]).tolist() == [0]
+    empty = run_starts(first[:0], second[:0])
+    assert empty.dtype == np.int64 and len(empty) == 0 and len(run_lengths(empty, 0)) == 0
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("max_premises", 3), ("beta", -0.5), ("beta", float("nan")), ("min_premise_count", 0), ("min_rule_count", 0),
+     ("chunk_samples", 0), ("memory_budget_gb", 0.0)],
+)
+def test_count_options_validate_and_name_the_field(field, value):
+    with pytest.raises(ValueError, match=f"{field}="):
+        CountOptions(**{field: value})
+    with pytest.raises(ValueError, match=f"{field}="):  # count_rules builds the same object first
+        count_rules(np.ones((2, 2), dtype=int), **{field: value})
+
+
+def test_count_options_are_frozen():
+    options = CountOptions(min_premise_count=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.min_premise_count = 1
+    assert dataclasses.replace(options, progress=True).min_premise_count == 3

@@ -8,7 +8,7 @@ import pytest
 
 from sal.config.rules import RulesConfig
 from sal.rules import count_rules, feature_counts_table, summarize_rules, write_rules_outputs
-from sal.rules.report import probability_histogram
+from sal.rules.outputs import probability_histogram
 
 
 def test_summary_counts_arity_and_histogram():
@@ -51,6 +51,6 @@ def test_write_outputs_roundtrip(tmp_path):
      ("tau", float("nan"))],
 )
 def test_config_validate_names_the_field(field, value):
-    RulesConfig().validate()
+    RulesConfig()
     with pytest.raises(ValueError, match=f"rules.{field}="):
-        RulesConfig(**{field: value}).validate()
+        RulesConfig(**{field: value})

@@ -11,7 +11,15 @@ import pytest
 import scipy.sparse as sp
 
 import sal.rules.shard as shard
-from sal.rules import count_rules, count_shard_premises, count_shard_rules, merge_shards, shard_path, shard_range
+from sal.rules import (
+    CountOptions,
+    count_rules,
+    count_shard_premises,
+    count_shard_rules,
+    merge_shards,
+    shard_path,
+    shard_range,
+)
 
 
 def layer_counts(seed=0, n=37, c=11):
@@ -25,7 +33,8 @@ def run_in_process(a, out_dir, world_size, min_premise_count, allowed=None):
     for r, s in enumerate(shards):
         count_shard_premises(s, r, world_size, str(out_dir), allowed=allowed)
     for r, s in enumerate(shards):
-        count_shard_rules(s, r, world_size, str(out_dir), min_premise_count=min_premise_count, allowed=allowed)
+        count_shard_rules(s, r, world_size, str(out_dir), CountOptions(min_premise_count=min_premise_count),
+                          allowed=allowed)
     return [shard_path(str(out_dir), r) for r in range(world_size)]
 
 
@@ -43,18 +52,22 @@ def test_merged_shards_equal_single_process(tmp_path, world_size, min_premise_co
     a = layer_counts(world_size)
     allowed = np.arange(0, 11, 2) if world_size == 3 else None
     paths = run_in_process(a, tmp_path, world_size, min_premise_count, allowed)
-    got = merge_shards(paths, beta=0.5, min_rule_count=2)
+    got = merge_shards(paths, CountOptions(beta=0.5, min_premise_count=min_premise_count, min_rule_count=2))
     want = count_rules(a, beta=0.5, min_premise_count=min_premise_count, min_rule_count=2, allowed=allowed)
     assert len(want) > 0
     pd.testing.assert_frame_equal(got, want)
     # a stricter premise filter at merge time is still exact; a looser one is refused
     pd.testing.assert_frame_equal(
-        merge_shards(paths, min_premise_count=min_premise_count + 3),
+        merge_shards(paths, CountOptions(min_premise_count=min_premise_count + 3)),
         count_rules(a, min_premise_count=min_premise_count + 3, allowed=allowed),
+    )
+    # without options the merge filters at the threshold the shards were pruned with
+    pd.testing.assert_frame_equal(
+        merge_shards(paths), count_rules(a, min_premise_count=min_premise_count, allowed=allowed)
     )
     if min_premise_count > 1:
         with pytest.raises(ValueError, match="pruned"):
-            merge_shards(paths, min_premise_count=1)
+            merge_shards(paths, CountOptions(min_premise_count=1))
 
 
 def test_finished_shards_are_skipped_and_stale_ones_recounted(tmp_path, monkeypatch):

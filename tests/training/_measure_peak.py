@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from sal.config.crosscoder import CrosscoderConfig, OptimConfig  # noqa: E402
 from sal.config.trainer import TrainerConfig  # noqa: E402
+from sal.models import tiny_llama, tiny_tokenizer  # noqa: E402
 from sal.training.plan import GIB, make_plan  # noqa: E402
 from sal.training.run import _d_model, describe_model, train_crosscoder  # noqa: E402
 
@@ -46,19 +47,6 @@ class PeakAtTrainEnd(Callback):
         self.peak_kib = _status_kib("VmHWM")
 
 
-def tiny_llama(d_model: int, n_blocks: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from sal.models import tiny_tokenizer
-
-    tok = tiny_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=d_model, num_hidden_layers=n_blocks, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=2 * d_model, pad_token_id=tok.pad_token_id,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    return LlamaForCausalLM(cfg).eval(), tok
-
-
 def texts(n: int) -> list[str]:
     return [f"{chr(65 + i % 26)}{chr(97 + i // 26 % 26)} problem {i}: the square root of {i * i} is {i}; "
             f"{i} + {i} = {2 * i}, and {i} * 3 = {3 * i}." for i in range(n)]
@@ -76,7 +64,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    model, tok = tiny_llama(args.d_model, args.layers)
+    tok = tiny_tokenizer()
+    model = tiny_llama(tok, n_layers=args.layers, d_model=args.d_model)
     layers = list(range(args.layers))
     cc = CrosscoderConfig(n_features=args.features, dead_window_tokens=10**6)
     opt = OptimConfig(max_steps=args.steps, batch_instances=args.micro_instances, tokens_per_instance=args.tokens_per_instance,

@@ -25,16 +25,10 @@ from sal.training.run import train_crosscoder  # noqa: E402
 
 def tiny_llama(seed: int = 0):
     """The 4-block random Llama of the test plan, with sal's offline byte tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from sal.models import tiny_tokenizer
+    from sal.models import tiny_llama as build, tiny_tokenizer
 
     tok = tiny_tokenizer()
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=64, pad_token_id=tok.pad_token_id,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    return LlamaForCausalLM(cfg).eval(), tok
+    return build(tok, n_layers=4, d_model=32, seed=seed), tok
 
 
 def tiny_texts(n: int = 64) -> list[str]:

@@ -7,8 +7,8 @@ from _train_tiny import tiny_llama, tiny_texts
 from sal.activations import residual_stream, special_token_ids
 from sal.config.crosscoder import OptimConfig
 from sal.training import cache as cache_mod
-from sal.training import data as data_mod
-from sal.training.data import ActivationStream, ShuffleBuffer
+from sal.training import stream as stream_mod
+from sal.training.stream import ActivationStream, ShuffleBuffer
 
 LAYERS = [0, 2, 4]
 
@@ -75,7 +75,7 @@ def test_ranks_see_disjoint_documents(subject, monkeypatch):
     stream = _stream(model, tok, texts)
     orders = [stream.document_order(0, r, 2) for r in range(2)]
     assert set(orders[0]).isdisjoint(orders[1]) and set(orders[0]) | set(orders[1]) == set(range(len(texts)))
-    monkeypatch.setattr(data_mod, "rank_and_world", lambda: (1, 2))
+    monkeypatch.setattr(stream_mod, "rank_and_world", lambda: (1, 2))
     rows = torch.cat(list(stream))
     assert set(doc_of_row[_match(rows, ref)].tolist()) <= set(orders[1])
 
@@ -146,7 +146,7 @@ def test_activation_cache_is_written_once_and_read_back(subject, tmp_path, monke
     assert idx.unique().numel() == idx.numel() == ref.shape[0] - ref.shape[0] % 64
     halves = []
     for rank in range(2):
-        monkeypatch.setattr(data_mod, "rank_and_world", lambda r=rank: (r, 2))
+        monkeypatch.setattr(stream_mod, "rank_and_world", lambda r=rank: (r, 2))
         halves.append(_match(torch.cat(list(cache_mod.CachedActivationStream(d1, 32, 128, epochs=1))), ref))
     assert set(halves[0].tolist()).isdisjoint(halves[1].tolist())
     assert len(set(halves[0].tolist()) | set(halves[1].tolist())) >= ref.shape[0] - 2 * 32

@@ -59,4 +59,4 @@ def test_decoder_bias_is_set_once_not_on_later_micro_batches():
 
 def test_unknown_decoder_bias_init_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="init_decoder_bias='median'.*mean"):
-        CrosscoderConfig(init_decoder_bias="median").validate()
+        CrosscoderConfig(init_decoder_bias="median")

@@ -67,9 +67,9 @@ def test_module_ramps_to_the_controllers_alpha():
     (dict(arch="topk", target_l0=8), "applies to arch=relu"),
     (dict(target_l0=0), "must be > 0"),
     (dict(target_l0=10_000, n_features=64), "at most n_features"),
-    (dict(target_l0_unit="tokens"), "features | pairs"),
+    (dict(target_l0_unit="tokens"), "features, pairs"),
     (dict(target_l0_adapt_frac=1.0), "must be in"),
 ])
 def test_bad_targets_fail_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        CrosscoderConfig(**kwargs).validate()
+        CrosscoderConfig(**kwargs)

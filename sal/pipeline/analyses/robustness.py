@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -26,10 +26,11 @@ import pandas as pd
 from sal import atomic
 from sal.config.schema import SALConfig
 from sal.errors import MissingInputError
+from sal.markdown import format_ci, markdown_table, relative_link
+from sal.pipeline.analyses.judged_sample import answered_rules, delta_to_null_twin, sample_probs
+from sal.pipeline.common import REPO_ROOT
 
 log = logging.getLogger("sal")
-
-ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("train.py", "extract_rules.py", "evaluate.py")
 
 
@@ -90,7 +91,7 @@ def run_sweeps(plan: list[tuple[str, list[str]]], out: Path) -> None:
     atomic.write_json(path, [[script, argv] for script, argv in plan])
     print(f"[robustness] {len(plan)} multiruns ({path}); logs under each job's directory", flush=True)
     # From the launch directory, as the stages would run if typed: relative paths mean the same.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-m", "sal.pipeline.sweep", str(path)], env=env)
     if done.returncode != 0:
         raise MissingInputError(f"a pipeline run of the robustness sweep failed (exit {done.returncode}); its "
@@ -100,8 +101,6 @@ def run_sweeps(plan: list[tuple[str, list[str]]], out: Path) -> None:
 
 def _read(run_dir: Path) -> tuple[dict, pd.DataFrame]:
     """A sweep job's sal.json and its judged sample's answered rules."""
-    from sal.pipeline.evaluate import answered_rules
-
     path = run_dir / "sal.json"
     if not path.exists():
         raise MissingInputError(f"{path} missing: the sweep did not finish; run the same command again.")
@@ -111,7 +110,6 @@ def _read(run_dir: Path) -> tuple[dict, pd.DataFrame]:
 def seed_table(cfg: SALConfig, runs_dir: Path) -> tuple[pd.DataFrame, dict, dict, dict]:
     """Per seed: SAL, its CI, ΔSAL, its CI and p; the SAL and ΔSAL spreads; the judged samples."""
     from sal import robustness
-    from sal.pipeline.evaluate import delta_to_null_twin, sample_probs
 
     ev = dataclasses.asdict(cfg.evaluate)
     rows, sal_reps, delta_reps, samples = [], [], [], {"model": [], "null": []}
@@ -146,7 +144,6 @@ def sensitivity_table(cfg: SALConfig, runs_dir: Path, samples: dict, ev: dict) -
     """SAL and ΔSAL against bins and the judged sample's minimum premise count (the seeds'
     runs), and against target_l0 and C (the first seed's runs at other settings)."""
     from sal import robustness
-    from sal.pipeline.evaluate import sample_probs
 
     r = cfg.analysis.robustness
     with_null = r.null_twin and bool(samples["null"])
@@ -178,7 +175,6 @@ def sensitivity_table(cfg: SALConfig, runs_dir: Path, samples: dict, ev: dict) -
 
 def run_robustness(cfg: SALConfig, out: Path, resolved: dict) -> dict:
     from sal import plots
-    from sal.report import write_robustness_report
 
     runs_dir = out.resolve() / "runs"
     run_sweeps(sweep_plan(cfg, runs_dir, passed_overrides()), out)
@@ -191,7 +187,36 @@ def run_robustness(cfg: SALConfig, out: Path, resolved: dict) -> dict:
                "spread": spreads, "sensitivity": sensitivity.replace({np.nan: None}).to_dict(orient="records"),
                "ci_level": ev["ci_level"], "bins": ev["bins"], "config": resolved}
     atomic.write_json(out / "robustness.json", summary)
-    report = write_robustness_report(out / "report.md", summary, seeds, sensitivity, fig)
-    print(report.read_text())
-    print(f"[robustness] report: {report}")
+    report_path = write_robustness_report(out / "report.md", summary, seeds, sensitivity, fig)
+    print(report_path.read_text())
+    print(f"[robustness] report: {report_path}")
     return summary
+
+
+def write_robustness_report(path: Path, summary: Mapping, seeds: pd.DataFrame, sensitivity: pd.DataFrame,
+                            figure: Path) -> Path:
+    """analysis=robustness: the headline intervals, what dominates them, the per-seed table
+    and the sensitivity table."""
+    path = Path(path)
+    level = f"{100 * summary['ci_level']:.0f}%"
+    parts = [f"# SAL robustness: {summary['model']}\n",
+             f"K = {len(seeds)} crosscoder seeds, each a full pipeline run (train, extract, judge) beside its "
+             f"null twin; B = {summary['bins']}. The headline interval pools every seed's bootstrap replicates "
+             f"with equal weight (rule resampling and seed spread together).\n"]
+    for name, label in (("sal", "SAL"), ("delta_sal", "ΔSAL")):
+        sp = summary["spread"].get(name)
+        if sp is None:
+            parts.append(f"- **{label}**: not computable on any seed\n")
+            continue
+        parts.append(
+            f"- **{label} = {sp['mean']:.4f} bits**, {level} interval {format_ci(sp['interval'])}; variance from "
+            f"rule resampling {sp['rule_var']:.2e}, from the seed spread {sp['seed_var']:.2e} "
+            f"({100 * sp['seed_share']:.0f}% of the total): **{sp['dominant']} dominates**")
+    parts += ["\n## Per seed\n", markdown_table(seeds.round(4).replace({np.nan: "—"})),
+              "\n## Sensitivity\n",
+              "Mean over the runs at each setting (sd over seeds where there are several); `rules_used`: labelled "
+              "rules left after the setting's filter and the thin-category rule.\n",
+              markdown_table(sensitivity.round(4).assign(value=[f"{v:g}" for v in sensitivity["value"]])),
+              f"\n![robustness]({relative_link(Path(figure), path.parent)})\n"]
+    atomic.write_text(path, "\n".join(parts))
+    return path

@@ -1,4 +1,5 @@
-"""Per-chunk sparse products that count rules (the inner loop of ``count_conclusions``).
+"""Per-chunk sparse products that count rules (the inner loop of the numpy engine,
+``sal.rules.numpy_engine``).
 
 For a premise set P let ``m_P = min_{p in P} a_p`` be its weakest premise's layer count. Then
 ``[m_P > a_q > 0] = sum_u [m_P == u] [0 < a_q < u]`` over the distinct values u of the sample,
@@ -24,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from sal.rules._csr import dense_value_ranks, row_ids, within_row_pairs
+from sal.rules._csr import dense_value_ranks, row_ids, run_lengths, run_starts, within_row_pairs
 from sal.rules.accumulate import CsrSegment
 
 
@@ -47,9 +48,7 @@ def conclusion_rows(chunk: sp.csr_matrix) -> ConclusionRows:
     rows = row_ids(chunk.indptr)
     order, rank = dense_value_ranks(rows, chunk.data)
     rows_s, rank_s = rows[order], rank[order]
-    new_group = np.ones(len(order), dtype=bool)
-    new_group[1:] = (rows_s[1:] != rows_s[:-1]) | (rank_s[1:] != rank_s[:-1])
-    group_pos = np.flatnonzero(new_group)
+    group_pos = run_starts(rows_s, rank_s)
     # Sorting by (row, value) keeps each sample inside its CSR slot: its start is indptr[row].
     row_start = chunk.indptr[rows_s[group_pos]]
     has_concl = rank_s[group_pos] >= 1  # nothing lies below a sample's smallest value
@@ -63,7 +62,7 @@ def conclusion_rows(chunk: sp.csr_matrix) -> ConclusionRows:
     )
     e_row_of_group = np.where(has_concl, np.cumsum(has_concl) - 1, -1)
     e_row = np.empty(len(order), dtype=np.int64)
-    e_row[order] = e_row_of_group[np.cumsum(new_group) - 1]
+    e_row[order] = np.repeat(e_row_of_group, run_lengths(group_pos, len(order)))
     return ConclusionRows(e.T.tocsr(), e_len, e_row, rank)
 
 
