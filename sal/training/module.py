@@ -27,6 +27,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
+from lightning.fabric.utilities.throughput import Throughput
 from omegaconf import OmegaConf
 from torch import Tensor
 
@@ -78,8 +79,8 @@ class CrosscoderModule(L.LightningModule):
         self._l0_sum = self._l0_tokens = 0.0  # this optimiser step's micro-batches, for the controller
         # Consecutive tokens (all ranks) since each (layer, feature) latent last fired.
         self.register_buffer("tokens_since_fired", torch.zeros(n_layers, self.cc_cfg.n_features, dtype=torch.long))
-        self._t_last: float | None = None
-        self._t_last_step = -1
+        self._throughput: Throughput | None = None
+        self._fit_t0, self._tokens_seen = 0.0, 0  # this rank's tokens since the fit (re)started
         self.first_metrics: dict[str, float] | None = None
         self.recent_metrics: collections.deque = collections.deque(maxlen=20)
 
@@ -153,12 +154,18 @@ class CrosscoderModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def on_train_start(self) -> None:
-        self._t_last, self._t_last_step = time.perf_counter(), self.global_step - 1
+        # Lightning's throughput meter over a window of two updates: the rate between two
+        # logged steps (the first measured from the start of the fit), whatever the cadence.
+        world = self.trainer.world_size if self._trainer is not None else 1
+        self._throughput = Throughput(world_size=world, window_size=2)
+        self._fit_t0, self._tokens_seen = time.perf_counter(), 0
+        self._throughput.update(time=0.0, batches=0, samples=0)
         self._micro = 0
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         acts_BLD = batch[0] if isinstance(batch, (list, tuple)) else batch
         n_tokens = acts_BLD.shape[0]
+        self._tokens_seen += n_tokens
         if self.cc_cfg.normalise and not bool(self.crosscoder.scales_fitted):
             self._fit_scales(acts_BLD)
         x_BLD = self.crosscoder.normalise(acts_BLD.float())
@@ -193,6 +200,15 @@ class CrosscoderModule(L.LightningModule):
                 self.first_metrics = floats
             self.recent_metrics.append(floats)
         return out.total
+
+    def _tokens_per_s(self) -> float:
+        """Tokens per second over all ranks since the previous logged step."""
+        if self._throughput is None:  # a step outside a fit (tests call training_step directly)
+            return 0.0
+        self._throughput.update(time=time.perf_counter() - self._fit_t0, batches=self._micro,
+                                samples=self._tokens_seen)
+        rates = self._throughput.compute()
+        return float(rates.get("samples_per_sec", rates.get("device/samples_per_sec", 0.0)))
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self._micro % self.accumulate == 0:  # an optimiser step ended (and its checkpoint, if due, is saved)
@@ -242,12 +258,8 @@ class CrosscoderModule(L.LightningModule):
         var_L = (x - x.mean(dim=0, keepdim=True)).pow(2).sum(dim=(0, 2))
         l0_L = active_LC.sum(dim=1).float() / n_tokens
 
-        now, step = time.perf_counter(), self.global_step
-        elapsed = now - (self._t_last or now)
-        steps = max(step - self._t_last_step, 1)
-        self._t_last, self._t_last_step = now, step
         step_tokens = n_tokens * world * self.accumulate  # the global batch
-        tps = (step_tokens * steps / elapsed) if elapsed > 0 else 0.0
+        tps = self._tokens_per_s()
         lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer is not None else self.optim_cfg.lr
 
         m: dict[str, Tensor | float] = {
