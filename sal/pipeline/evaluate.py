@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from sal.browser import write_browser
 from sal.config.schema import SALConfig
 from sal.pipeline.analyses.compare import run_compare
 from sal.pipeline.analyses.planted import run_planted
@@ -31,7 +32,12 @@ def run(cfg: DictConfig):
     if name == "single":
         check_against_training(typed, run_dir / "crosscoder", "evaluate.py")
     save_resolved_config(cfg, typed, run_dir / "config" / f"evaluate_{name}.yaml")
-    return ANALYSES[name](typed, output_dir(typed, run_dir), resolved_container(cfg, typed))
+    summary = ANALYSES[name](typed, output_dir(typed, run_dir), resolved_container(cfg, typed))
+    if name == "single":
+        # Here rather than inside run_single: single ends in three ways (up to date, SAL not
+        # computable, SAL computed) and every one of them leaves a run worth browsing.
+        print(f"[evaluate] browser: {write_browser(run_dir)}")
+    return summary
 
 
 def output_dir(cfg: SALConfig, run_dir: Path) -> Path:

@@ -16,11 +16,11 @@ from sal.atomic import atomic_path
 from sal.config.schema import SALConfig
 from sal.errors import ConfigError, MissingInputError
 from sal.fingerprint import Step
-from sal.pipeline.generate import build_corpus
-from sal.pipeline.common import save_resolved_config, setup
-from sal.pipeline.generate import launch_rank
+from sal.pipeline.common import resolved_container, save_resolved_config, setup
+from sal.pipeline.generate import build_corpus, launch_rank
 from sal.pipeline.inputs import check_against_training
 from sal.pipeline.steps import crosscoder_digest, explanations_step, layer_counts_step, rules_step
+from sal.tracking_tables import log_extract
 
 log = logging.getLogger("sal")
 
@@ -172,6 +172,7 @@ def run(cfg: DictConfig):
           f"({typed.rules.aggregate}), {len(allowed) if allowed is not None else 'all'} allowed features")
     print(summarize_rules(rules))
     print(f"[extract] wrote {json.dumps(paths)}")
+    log_extract(typed, run_dir, rules, resolved_container(cfg, typed))
     return {"n_rules": int(len(rules))}
 
 

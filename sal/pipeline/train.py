@@ -11,8 +11,8 @@ from omegaconf import DictConfig
 
 from sal.config.schema import SALConfig
 from sal.errors import ConfigError
-from sal.pipeline.generate import build_corpus
 from sal.pipeline.common import log, resolved_container, save_resolved_config, setup
+from sal.pipeline.generate import build_corpus
 
 
 def run(cfg: DictConfig) -> dict:

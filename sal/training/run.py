@@ -110,7 +110,12 @@ def _make_loggers(run_dir: Path, logger_cfg, name: str, config: dict) -> list:
     loggers = []
     if logger_cfg is None or getattr(logger_cfg, "csv", True):
         loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", flush_logs_every_n_steps=10))
-    wandb_logger = tracking.lightning_wandb_logger(logger_cfg, run_dir, name, config) if logger_cfg else None
+    # Named and grouped as the later stages' runs (<model>/<run_name>/train), so one W&B
+    # workspace lines the stages up; the descriptive name (layers, sparsity, width) goes
+    # to the run's notes.
+    group, wandb_name = tracking.training_identity(config, name)
+    wandb_logger = tracking.lightning_wandb_logger(logger_cfg, run_dir, wandb_name, config, group=group,
+                                                   notes=name) if logger_cfg else None
     return loggers + ([wandb_logger] if wandb_logger is not None else [])
 
 

@@ -16,6 +16,7 @@ from sal import atomic
 from sal.config.schema import SALConfig
 from sal.errors import ConfigError, MissingInputError
 from sal.markdown import markdown_table, relative_link
+from sal.tracking_tables import log_compare
 
 log = logging.getLogger("sal")
 
@@ -87,6 +88,7 @@ def run_compare(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
           f"beta = {fit.beta:.3f}, R^2 = {fit.r2:.3f}, leave-one-out R^2 = " + (f"{comp.loo.r2:.3f}" if comp.loo is not None else "n/a (3 models)"))
     print(comp.spearman.to_string(index=False))
     print(f"[compare] report: {report_path}")
+    log_compare(cfg, run_dir, resolved, comp, figures)
     return summary
 
 

@@ -19,6 +19,7 @@ from sal.errors import ConfigError, MissingInputError
 from sal.markdown import markdown_table, relative_link, sal_block
 from sal.pipeline import steps
 from sal.pipeline.analyses.judged_sample import delta_to_null_twin, enforce_min_rules
+from sal.tracking_tables import log_evaluate
 
 log = logging.getLogger("sal")
 
@@ -51,7 +52,9 @@ def run_single(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
     probs = _probs_by_category(cfg, ok)
     reason = not_computable_reason(probs, cfg.evaluate.min_rules_per_category, rules, explained, frame)
     if reason and cfg.evaluate.empty_category == "drop":
-        return _write_not_computable(cfg, run_dir, reason, ok, labelled, frame, judge, resolved)
+        summary = _write_not_computable(cfg, run_dir, reason, ok, labelled, frame, judge, resolved)
+        log_evaluate(cfg, run_dir, resolved, summary, labelled, explanations, figures={})
+        return summary
     if reason:
         raise ConfigError(f"{reason} Label more rules (evaluate.n_rules_per_arity), or set evaluate.empty_category=drop "
                           f"to record the run as not computable (sal: null).")
@@ -68,7 +71,7 @@ def run_single(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
     # written last: it is what says "evaluated".
     atomic.write_json(run_dir / "sal.json", summary)
     sal_step.record()
-    _log_to_tracker(cfg, run_dir, resolved, summary, result, figures)
+    log_evaluate(cfg, run_dir, resolved, summary, labelled, explanations, figures)
     _print_result(cfg, result, summary, null_dir, judge, report_path)
     return summary
 
@@ -238,22 +241,6 @@ def _write_not_computable(cfg: SALConfig, run_dir: Path, reason: str, ok: pd.Dat
     log.warning("%s (%s): SAL not computable. %s", cfg.model.name, cfg.model.init, reason)
     print(f"[evaluate] {cfg.model.name} ({cfg.model.init}): SAL not computable: {reason}")
     return summary
-
-
-def _log_to_tracker(cfg: SALConfig, run_dir: Path, resolved: dict, summary: dict, result, figures: dict) -> None:
-    from sal.tracking import log_images, start_run
-
-    wb = start_run(cfg.logger, run_dir, f"{cfg.model.name}-sal", "evaluate", resolved)
-    if wb is None:
-        return
-    delta = summary.get("delta_sal") or {}
-    wb.log({"sal/bits": result.sal, "sal/p_value": result.p_value, "sal/ci_low": result.ci[0],
-            "sal/ci_high": result.ci[1], **{f"sal/jsd_{k}": v for k, v in result.pairwise.items()},
-            **({"sal/delta": delta["delta"], "sal/delta_ci_low": delta["ci"][0],
-                "sal/delta_ci_high": delta["ci"][1], "sal/delta_p_value": delta["p_value"]}
-               if delta.get("delta") is not None else {})})
-    log_images(wb, figures)
-    wb.finish()
 
 
 def _print_result(cfg: SALConfig, result, summary: dict, null_dir: Path | None, judge, report_path: Path) -> None:
