@@ -36,9 +36,10 @@ MAX_RULES = 20_000
 """Rules embedded in rules.html: every judged rule, then the most probable others. Filtering
 20k rows in the browser is instant; a run's millions of two-premise rules are not."""
 UNJUDGED = "unjudged"
-LAYER_NOTE = ("Layers: the norm of the feature's decoder vector at each monitored layer (from "
-              "crosscoder/model.safetensors), i.e. the layers it reads from and writes to; the layers where it "
-              "fired on each token are not stored by the feature pass.")
+LAYER_NOTE = ("Layers: beside each top span, the layers where the feature fired (activation above tau) on its "
+              "activating token, from features/top_spans.parquet (runs extracted before this was recorded show "
+              "none). The strip is the norm of the feature's decoder vector at each monitored layer (from "
+              "crosscoder/model.safetensors): the layers it reads from and writes to, not where it fired.")
 
 
 def write_browser(run_dir: str | Path, max_spans: int = MAX_SPANS, max_rules: int = MAX_RULES) -> Path:
@@ -69,7 +70,8 @@ def write_browser(run_dir: str | Path, max_spans: int = MAX_SPANS, max_rules: in
 # --------------------------------------------------------------------------- data
 def feature_records(run_dir: Path, max_spans: int = MAX_SPANS) -> list[dict]:
     """One dict per feature of features/explanations.parquet, with its top spans (each
-    [activation, text before the activating token, the activating token]), its rule-set
+    [activation, text before the activating token, the activating token, the layers it
+    fired in there or None where not recorded]), its rule-set
     frequency (rules/feature_counts.parquet) and its decoder norm at each layer."""
     import pandas as pd
 
@@ -123,11 +125,15 @@ def _spans_by_feature(path: Path, max_spans: int) -> dict[int, list]:
     if spans is None:
         return {}
     spans = spans[spans["rank"] < max_spans].sort_values(["feature", "rank"])
+    if "layers" not in spans.columns:  # written before the layers were recorded
+        spans = spans.assign(layers=None)
     out: dict[int, list] = {}
     for r in spans.itertuples():
         text, token = _text(r.text) or "", _text(r.token) or ""
         before = text[: len(text) - len(token)] if token and text.endswith(token) else text
-        out.setdefault(int(r.feature), []).append([round(float(r.activation), 4), before, token])
+        # A parquet list reads as an array; a null (not recorded) as None.
+        layers = [int(x) for x in r.layers] if hasattr(r.layers, "__len__") else None
+        out.setdefault(int(r.feature), []).append([round(float(r.activation), 4), before, token, layers])
     return out
 
 

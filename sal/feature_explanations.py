@@ -77,7 +77,8 @@ def interpret_features(
     judged = frame[frame.sufficient & (frame.status == OK)]
     table3 = _table3(collector, config, judged, len(answers.sufficient), judge, verifier)
     allowed = [int(f) for f in frame.feature[frame.explainable]]
-    out = _write_outputs(Path(out_dir) / "features", frame, answers, table3)
+    fired = collector.fired_layers(answers.sufficient, top=config.top_k)
+    out = _write_outputs(Path(out_dir) / "features", frame, answers, fired, table3)
     if problems:
         log.warning("%d of %d sufficiently activated features were not fully judged; see %s (status column)",
                     len(set(k.split("/", 1)[1] for k, _, _ in problems)), len(answers.sufficient),
@@ -162,16 +163,20 @@ def _table3(collector: TopSpanCollector, config: InterpretConfig, judged: Any, n
     }
 
 
-def _write_outputs(out: Path, frame: Any, answers: _Answers, table3: dict) -> Path:
-    """top_spans.parquet, table3.json, then explanations.parquet; returns their directory."""
+def _write_outputs(out: Path, frame: Any, answers: _Answers, fired: dict[int, list], table3: dict) -> Path:
+    """top_spans.parquet, table3.json, then explanations.parquet; returns their directory.
+    A span's `layers` are the layers where the feature fired on its activating token
+    (TopSpanCollector.fired_layers: the subject model's layer numbers where the collector
+    knows them, else crosscoder positions 0..L-1; null where it was given activations
+    already reduced over the layers)."""
     import pandas as pd
 
     out.mkdir(parents=True, exist_ok=True)
     span_rows = [{"feature": f, "rank": r, "activation": s.activation, "doc": s.doc, "position": s.position,
-                  "text": s.text, "token": s.tokens[-1] if s.tokens else ""}
+                  "text": s.text, "token": s.tokens[-1] if s.tokens else "", "layers": fired[f][r]}
                  for f in answers.sufficient for r, s in enumerate(answers.spans[f])]
     atomic.write_parquet(pd.DataFrame(span_rows, columns=["feature", "rank", "activation", "doc", "position", "text",
-                                                          "token"]), out / "top_spans.parquet")
+                                                          "token", "layers"]), out / "top_spans.parquet")
     atomic.write_json(out / "table3.json", table3)
     # Last: the extract stage takes explanations.parquet for "features done".
     atomic.write_parquet(frame, out / "explanations.parquet")

@@ -53,9 +53,11 @@ def make_run(root: Path) -> Path:
                    "explainable": dec in ("Yes", "Probably", "Maybe"), "status": status, "error": None}
                   for f, expl, kind, dec, status, n in FEATURES]).to_parquet(run / "features" / "explanations.parquet")
     spans = [{"feature": 0, "rank": r, "activation": 5.0 - r, "doc": r, "position": 3,
-              "text": "the matrix \\mathbf", "token": "mathbf"} for r in range(3)]
-    spans += [{"feature": 4, "rank": 0, "activation": 2.5, "doc": 9, "position": 7, "text": "so x = 12", "token": "12"},
-              {"feature": 1, "rank": 0, "activation": 1.5, "doc": 2, "position": 1, "text": "<img src=x>", "token": ">"}]
+              "text": "the matrix \\mathbf", "token": "mathbf", "layers": [0, 2, 5][r:]} for r in range(3)]
+    spans += [{"feature": 4, "rank": 0, "activation": 2.5, "doc": 9, "position": 7, "text": "so x = 12", "token": "12",
+               "layers": [2, 5]},
+              {"feature": 1, "rank": 0, "activation": 1.5, "doc": 2, "position": 1, "text": "<img src=x>", "token": ">",
+               "layers": None}]  # not recorded
     pd.DataFrame(spans).to_parquet(run / "features" / "top_spans.parquet")
     (run / "features" / "table3.json").write_text(json.dumps({
         "n_features": 5, "n_dead": 1, "dead_rate": 0.2, "n_judged": 4, "n_sufficient": 4, "min_activations": 30,
@@ -97,8 +99,9 @@ def test_the_pages_embed_model_text_as_data_that_cannot_end_the_script_block(tmp
     data = embedded_data(out / "features.html")
     by_id = {f["id"]: f for f in data["features"]}
     assert by_id[1]["expl"] == EVIL  # the JSON round-trips to the exact text
-    assert by_id[1]["spans"] == [[1.5, "<img src=x", ">"]]
-    assert by_id[0]["spans"][0] == [5.0, "the matrix \\", "mathbf"]  # the activating token split off
+    assert by_id[1]["spans"] == [[1.5, "<img src=x", ">", None]]
+    assert by_id[0]["spans"][0] == [5.0, "the matrix \\", "mathbf", [0, 2, 5]]  # the activating token split off
+    assert [s[3] for s in by_id[0]["spans"]] == [[0, 2, 5], [2, 5], [5]] and by_id[4]["spans"][0][3] == [2, 5]
     assert [by_id[f]["level"] for f in range(5)] == ["Yes", "Maybe", "Cannot Tell", "dead", "Probably"]
     assert data["layers"] == [0, 2, 5] and len(by_id[0]["dec"]) == 3
     assert (by_id[4]["n_samples"], by_id[4]["mean_layers"]) == (4, 2.5)
@@ -130,6 +133,20 @@ def test_a_run_without_evaluation_still_gets_pages(tmp_path):
     data = embedded_data(index.parent / "features.html")
     assert data["layers"] is None and all(f["dec"] is None for f in data["features"])
     assert {r[6] for r in embedded_data(index.parent / "rules.html")["rules"]} == {browser.UNJUDGED}
+
+
+def old_format_run(root: Path) -> Path:
+    """A run extracted before top_spans.parquet recorded the layers each span fired in."""
+    run = make_run(root)
+    path = run / "features" / "top_spans.parquet"
+    pd.read_parquet(path).drop(columns="layers").to_parquet(path)
+    return run
+
+
+def test_top_spans_without_layers_still_give_the_spans(tmp_path):
+    data = embedded_data(browser.write_browser(old_format_run(tmp_path)).parent / "features.html")
+    by_id = {f["id"]: f for f in data["features"]}
+    assert by_id[0]["spans"][0] == [5.0, "the matrix \\", "mathbf", None] and len(by_id[0]["spans"]) == 3
 
 
 def test_a_run_without_sal_says_why(tmp_path):
@@ -182,6 +199,7 @@ def test_the_pages_work_in_a_headless_browser(tmp_path, page):
     page.wait_for_function("document.querySelectorAll('.feature').length === 1")
     assert _visible(page, ".feature", "id") == ["f4"]
     assert page.inner_text("#f4 mark") == "12"  # the activating token, highlighted
+    assert page.inner_text("#f4 .spans .fired") == "L2 L5"  # the layers it fired in there
     page.fill("#search", "#1")
     page.wait_for_function("document.querySelector('.feature')?.id === 'f1'")
     assert page.inner_text("#f1 .expl") == EVIL  # shown as text, not run
@@ -218,3 +236,11 @@ def test_the_pages_work_in_a_headless_browser(tmp_path, page):
     page.wait_for_function("document.querySelectorAll('.feature').length === 5")
     assert page.errors == []
     assert all((tmp_path / f"{name}.png").stat().st_size > 0 for name in ("index", "features", "rules"))
+
+
+def test_an_old_run_without_span_layers_renders_in_a_headless_browser(tmp_path, page):
+    out = browser.write_browser(old_format_run(tmp_path)).parent
+    page.goto((out / "features.html").as_uri())
+    assert len(_visible(page, ".feature", "id")) == 5
+    assert page.inner_text("#f4 mark") == "12" and page.query_selector(".spans .fired") is None
+    assert page.errors == []

@@ -61,6 +61,19 @@ def test_interpret_features_with_lexical_judge(tmp_path):
     spans = pd.read_parquet(tmp_path / "features" / "top_spans.parquet")
     assert set(spans.feature) == {0, 1} and (spans[spans.feature == 0].token == " =").all()
     assert len(spans[spans.feature == 0]) == 30
+    assert spans.layers.isna().all()  # activations given already reduced over the layers: none recorded
+
+
+def test_top_spans_record_the_layers_fired_in(tmp_path):
+    """Per-layer activations: feature 0 fires in both layers, feature 1 in the first only."""
+    batches, docs = make_corpus()
+    col = TopSpanCollector(4, k=30, window=4, layers=[3, 7])
+    for feats, *rest in batches:
+        col.update(torch.stack([feats, feats * torch.tensor([1.0, 0, 1, 1])], dim=2), *rest)
+    interpret_features(col, make_judge(JudgeConfig(backend="lexical")), ListTokenizer(), tmp_path,
+                       InterpretConfig(activation_unit="tokens"), tokens_by_doc=docs, progress=False)
+    spans = pd.read_parquet(tmp_path / "features" / "top_spans.parquet")
+    assert {f: {tuple(ls) for ls in g.layers} for f, g in spans.groupby("feature")} == {0: {(3, 7)}, 1: {(3,)}}
 
 
 @pytest.mark.parametrize("unit, sufficient", [("documents", [0, 1]), ("tokens", [0, 1, 2])])

@@ -95,3 +95,54 @@ def test_spans_end_at_activating_token():
     col2 = TopSpanCollector(1, k=1, window=5)
     col2.update(feats[..., :1] * 0 + (torch.arange(7) == 2).float()[None, :, None], ids, mask, [0])
     assert col2.spans(tok, tokens_by_doc={0: ids[0].tolist()})[0][0].text == " a b"
+
+
+def random_layered_batches(n_batches=3, B=3, T=6, L=4, C=5, seed=2):
+    """[B, T, L, C] activations, sparse enough that a feature fires in some layers only."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for feats, ids, mask, docs in random_batches(n_batches, B, T, C, seed):
+        out.append((torch.relu(torch.randn(B, T, L, C, generator=g)), ids, mask, docs))
+    return out
+
+
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_collector_keeps_the_layers_each_top_entry_fires_in(chunk, tmp_path):
+    batches, tau, k, names = random_layered_batches(), 0.3, 6, [2, 5, 9, 11]
+    col = TopSpanCollector(5, k=k, window=3, tau=tau, layers=names)
+    reduced = TopSpanCollector(5, k=k, window=3, tau=tau)  # the old call: already reduced over the layers
+    for feats, ids, mask, docs in batches:
+        col.update(feats, ids, mask, docs, chunk_tokens=chunk)
+        reduced.update(feats.amax(dim=2), ids, mask, docs, chunk_tokens=chunk)
+    for name in ("counts_C", "doc_counts_C", "top_act_CK", "top_doc_CK", "top_pos_CK"):
+        assert torch.equal(getattr(col, name), getattr(reduced, name)), name  # bit-identical
+    assert (reduced.top_layers_CK == 0).all()
+    # Brute force: every (doc, position) -> the layers above tau, per feature.
+    fired = {}
+    for feats, _, mask, docs in batches:
+        for b, t, c in torch.nonzero(feats.amax(dim=2) > tau).tolist():
+            if mask[b, t]:
+                fired[c, docs[b], t] = [names[l] for l in range(feats.shape[2]) if feats[b, t, l, c] > tau]
+    layers = col.fired_layers()
+    for c in range(5):
+        kept = [(d, p) for a, d, p in zip(col.top_act_CK[c].tolist(), col.top_doc_CK[c].tolist(),
+                                          col.top_pos_CK[c].tolist()) if not math.isinf(a)]
+        assert kept and layers[c] == [fired[c, d, p] for d, p in kept]
+    assert any(0 < len(ls) < 4 for c in range(5) for ls in layers[c])  # some entries fire in a few layers only
+    assert reduced.fired_layers()[0] == [None] * len(layers[0])
+    # Merging and saving keep the masks (split update = single pass).
+    left, right = (TopSpanCollector(5, k=k, window=3, tau=tau, layers=names) for _ in range(2))
+    for i, b in enumerate(batches):
+        (left if i % 2 else right).update(*b)
+    left.merge(right).save(tmp_path / "c.safetensors")
+    loaded = TopSpanCollector.load(tmp_path / "c.safetensors")
+    assert torch.equal(loaded.top_layers_CK, col.top_layers_CK) and loaded.layers == names
+
+
+def test_collector_rejects_more_layers_than_a_bitmask_holds():
+    with pytest.raises(ValueError, match="at most 63"):
+        TopSpanCollector(2).update(torch.zeros(1, 2, 64, 2), torch.zeros(1, 2), torch.ones(1, 2), [0])
+    with pytest.raises(ValueError, match="1 to 63 layers"):
+        TopSpanCollector(2, layers=range(64))
+    with pytest.raises(ValueError, match="built for layers"):
+        TopSpanCollector(2, layers=[1, 2]).update(torch.zeros(1, 2, 3, 2), torch.zeros(1, 2), torch.ones(1, 2), [0])

@@ -58,7 +58,7 @@ def run_interpretation(cfg: SALConfig, run_dir: Path, model, tokenizer, crosscod
     texts = document_texts(corpus)
     interpret_cfg = cfg.interpret
     collector = TopSpanCollector(crosscoder.n_features, k=interpret_cfg.top_k, window=interpret_cfg.span_window,
-                                 tau=interpret_cfg.tau, store_tokens=True)
+                                 tau=interpret_cfg.tau, store_tokens=True, layers=layers)
     cached = None
     if cfg.optim.activation_cache:  # training saved this corpus's residual stream: no second forward
         from sal.training.cache import cached_token_activations
@@ -69,8 +69,9 @@ def run_interpretation(cfg: SALConfig, run_dir: Path, model, tokenizer, crosscod
                  else "no reusable activation cache; running the subject model")
     for fb in feature_pass(model, tokenizer, crosscoder, texts, layers, cfg.data.max_doc_tokens,
                            desc="feature pass (corpus)", cached=cached):
-        # Spans are collected "regardless of which layer they activate in": max over layers.
-        collector.update(fb.feats_BTLC.amax(dim=2), fb.token_ids_BT, fb.mask_BT, fb.doc_ids)
+        # Spans are collected "regardless of which layer they activate in" (the collector takes
+        # the max over layers), and each keeps the layers it fired in.
+        collector.update(fb.feats_BTLC, fb.token_ids_BT, fb.mask_BT, fb.doc_ids)
     result = interpret_features(collector, make_judge(cfg.judge, run_dir=run_dir), tokenizer, run_dir, interpret_cfg)
     t3, unit = result.table3, interpret_cfg.activation_unit
     print(f"[extract] features: dead rate {100 * t3['dead_rate']:.2f}%, explainable rate "

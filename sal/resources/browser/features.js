@@ -44,12 +44,15 @@ function layerStrip(f) {
 }
 
 function spanItem(s) {
-  // s = [activation, text before the activating token, the activating token]; newlines are
-  // shown as ↵ so that each span stays on one line.
+  // s = [activation, text before the activating token, the activating token, the layers the
+  // feature fired in there (null: not recorded, runs extracted before they were)]; newlines
+  // are shown as ↵ so that each span stays on one line.
   const show = (t) => t.replace(/\r?\n/g, "↵");
   // An activating token that is only blanks would be an empty highlight: show its spaces.
   const token = s[2].trim() === "" ? show(s[2]).replace(/ /g, "␣") : show(s[2]);
-  return el("li", {}, el("span", { cls: "act", text: fmt(s[0], 2) }), show(s[1]), el("mark", { text: token }));
+  const fired = s[3] ? el("span", { cls: "fired", text: s[3].map((l) => `L${l}`).join(" "),
+    title: "layers where the feature fired on the highlighted token" }) : null;
+  return el("li", {}, el("span", { cls: "act", text: fmt(s[0], 2) }), fired, show(s[1]), el("mark", { text: token }));
 }
 
 function card(f) {
@@ -63,7 +66,8 @@ function card(f) {
     el("div", { cls: "expl", text: f.expl || "(no explanation)" }),
     el("div", { cls: "muted", text: stats }),
     f.dec && DATA.layers
-      ? el("div", {}, el("span", { cls: "muted", text: "decoder norm by layer: " }), layerStrip(f)) : null,
+      ? el("div", {}, el("span", { cls: "muted", text: "decoder norm by layer (reads/writes, not where it fired): " }),
+        layerStrip(f)) : null,
     el("ol", { cls: "spans" }, ...f.spans.map(spanItem)));
 }
 
