@@ -80,8 +80,9 @@ def describe_model(model, d_model: int):
                            dtype=str(first.dtype).removeprefix("torch."))
 
 
-def run_name(model_name: str, layers: Sequence[int], crosscoder_cfg: CrosscoderConfig) -> str:
-    """W&B run name from the model, the layers and the sparsity setting."""
+def describe_run(model_name: str, layers: Sequence[int], crosscoder_cfg: CrosscoderConfig) -> str:
+    """The training run in one line (model, layers, sparsity, width): the W&B run's notes, and
+    its name when train_crosscoder is called as a library (no pipeline run name to group by)."""
     sparsity = f"a{crosscoder_cfg.sparsity_coef:g}" if crosscoder_cfg.arch == "relu" else f"topk{crosscoder_cfg.k}"
     return f"{model_name or 'model'}-L{'.'.join(str(i) for i in layers)}-{sparsity}-C{crosscoder_cfg.n_features}"
 
@@ -204,7 +205,7 @@ def train_crosscoder(
     ckpt_cb = ModelCheckpoint(dirpath=str(ckpt_dir), save_top_k=0, save_last=True,
                               every_n_train_steps=opt.checkpoint_every_n_steps, enable_version_counter=False)
     pl_trainer = _lightning_trainer(tcfg, opt, plan, [ckpt_cb, *callbacks],
-                                    _make_loggers(run_dir, logger, run_name(model_name, layers, crosscoder_cfg), config), run_dir)
+                                    _make_loggers(run_dir, logger, describe_run(model_name, layers, crosscoder_cfg), config), run_dir)
     resumed_from = _fit(pl_trainer, module, datamodule, ckpt_dir / LAST, ckpt_cb)
     summary = module.summary()
     if pl_trainer.is_global_zero:
