@@ -54,22 +54,31 @@ def user_errors(stage: str) -> Iterator[None]:
 
 def before_hydra(stage: str) -> None:
     """Checks on the raw command line, before Hydra saves it under the run directory: a key
-    pasted where the name of its environment variable belongs is refused unsaved."""
+    pasted where the name of its environment variable belongs is refused unsaved, and a value
+    outside a field's choices is reported as one line (Hydra would refuse it too, at length)."""
+    from sal.config.choices import override_choice_problem
+    from sal.config.schema import SALConfig
+    from sal.errors import ConfigError
     from sal.judge.secrets import check_overrides
 
     with user_errors(stage):
         check_overrides(sys.argv[1:])
+        for arg in sys.argv[1:]:
+            problem = override_choice_problem(SALConfig, arg)
+            if problem:
+                raise ConfigError(problem)
 
 
 def stage_main(stage: str, module: str, cfg: DictConfig) -> Any:
-    """Validate ``cfg`` and run the start-up checks, then ``<module>.run(cfg)``."""
+    """Validate ``cfg`` (once: the stage gets the typed config) and run the start-up checks,
+    then ``<module>.run(cfg, typed)``."""
     from sal.config.schema import validate_config
 
     scrub_saved_configs()
     with user_errors(stage):
-        typed = validate_config(cfg)  # again in the stage's setup; here it fails before the heavy imports
+        typed = validate_config(cfg)  # here, before the stage's heavy imports, a bad setting costs seconds
         startup_checks(stage, typed)
-        return importlib.import_module(module).run(cfg)
+        return importlib.import_module(module).run(cfg, typed)
 
 
 def scrub_saved_configs() -> None:

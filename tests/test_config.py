@@ -114,3 +114,23 @@ def test_the_null_twin_of_any_model_is_one_override_away():
         assert (base.model.init, base.data.responses_from) == ("pretrained", "self")
         assert twin.model.name == base.model.name and twin.layers.indices == base.layers.indices
     assert _compose("train", ["control=null_twin", "run_name=twin_b"]).run_name == "twin_b"
+
+
+@pytest.mark.parametrize("override, problem", [
+    ("crosscoder.arch=topk", None),
+    ("crosscoder.arch=relu,topk", None),  # a sweep: every value is a choice
+    ("crosscoder.arch=relu,topx", "crosscoder.arch='topx': choose one of relu, topk."),
+    ("rules.min_explanation_level=yes", "rules.min_explanation_level='yes': choose one of Yes, Probably, Maybe."),
+    ("analysis.network.aggregate=algorithm2", "analysis.network.aggregate='algorithm2': choose one of last_token, "
+                                              "any_token, algorithm1."),
+    ("model=qwen2.5-7b", None),  # a config group: Hydra's to judge
+    ("optim.max_steps=3", None),  # not a choice
+    ("optim.max_stepz=3", None),  # not a field: Hydra names it
+    ("trainer.accelerator=${oc.env:ACC}", None),  # an interpolation: resolved later
+    ("+crosscoder.arch=foo", None),
+])
+def test_a_wrong_choice_on_the_command_line_is_named_before_hydra(override, problem):
+    from sal.config.choices import override_choice_problem
+    from sal.config.schema import SALConfig
+
+    assert override_choice_problem(SALConfig, override) == problem

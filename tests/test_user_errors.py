@@ -44,6 +44,13 @@ def test_a_layer_past_the_model(tmp_path):
     assert message.startswith("train.py: error: ") and "99" in message and "layers" in message
 
 
+def test_a_value_outside_a_fields_choices(tmp_path):
+    message = _fails("train.py", "crosscoder.arch=reluu", tmp_path=tmp_path)
+    assert message == "train.py: error: crosscoder.arch='reluu': choose one of relu, topk."
+    message = _fails("evaluate.py", "analysis.metric=delta_sal,gain", "-m", tmp_path=tmp_path)
+    assert message == "evaluate.py: error: analysis.metric='gain': choose one of sal, delta_sal."
+
+
 def test_a_negative_sparsity(tmp_path):
     message = _fails("train.py", "sparsity=-1", tmp_path=tmp_path)
     assert "sparsity_coef=-1.0 (the `sparsity=` override sets it) is negative" in message and "5e-3" in message

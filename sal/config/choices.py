@@ -75,3 +75,25 @@ def coerce_choices(obj, prefix: str) -> None:
         except ValueError:
             raise ValueError(f"{prefix}.{f.name}={value!r}: choose one of "
                              f"{', '.join(m.value for m in kind)}.") from None
+
+
+def override_choice_problem(schema: type, override: str) -> str | None:
+    """Why a command-line ``key.path=value`` names no member of the enum that field takes
+    (None when it does, or when the key is no enum field: Hydra judges those). Lets an
+    entrypoint report a wrong choice as one line before Hydra composes; sweeps
+    (``a,b``) are checked value by value, and interpolations or sweep functions are left to
+    Hydra."""
+    key, sep, value = override.partition("=")
+    if not sep or key[:1] in "+~" or "." not in key or "$" in value or "(" in value:
+        return None
+    kind = schema
+    for part in key.split("."):
+        hints = typing.get_type_hints(kind) if dataclasses.is_dataclass(kind) else {}
+        if part not in hints:
+            return None
+        kind = hints[part]
+    if not (isinstance(kind, type) and issubclass(kind, Enum)):
+        return None
+    names = [m.name for m in kind]
+    bad = [v for v in (v.strip().strip("'\"") for v in value.split(",")) if v not in names and v.lower() != "null"]
+    return f"{key}={bad[0]!r}: choose one of {', '.join(names)}." if bad else None

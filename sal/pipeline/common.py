@@ -20,13 +20,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 it, and analysis.network.figures_dir is relative to it."""
 
 
-def setup(cfg: DictConfig) -> Tuple[SALConfig, Path]:
-    """Validate the config (before anything heavy), seed, and return (typed config, run dir)."""
+def setup(cfg: DictConfig, typed: SALConfig | None = None) -> Tuple[SALConfig, Path]:
+    """Validate the config (unless the entrypoint did: ``typed``), seed, and return (typed
+    config, run dir)."""
     from lightning.pytorch import seed_everything
 
     from sal.hardware import log_choice
 
-    typed = validate_config(cfg)
+    typed = typed if typed is not None else validate_config(cfg)
     log_choice(f"subject model {typed.model.name}", cfg.model.dtype, typed.model.dtype, typed.model.device, log)
     if typed.judge.backend == "hf_local":
         log_choice("hf_local judge", cfg.judge.hf_dtype, typed.judge.hf_dtype, typed.judge.hf_device, log)

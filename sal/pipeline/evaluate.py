@@ -26,8 +26,8 @@ ANALYSES = {"single": run_single, "compare": run_compare, "robustness": run_robu
 """analysis.name -> fn(typed config, output directory, resolved config as a dict) -> summary."""
 
 
-def run(cfg: DictConfig):
-    typed, run_dir = setup(cfg)
+def run(cfg: DictConfig, typed: SALConfig | None = None):
+    typed, run_dir = setup(cfg, typed)
     name = typed.analysis.name
     if name == "single":
         check_against_training(typed, run_dir / "crosscoder", "evaluate.py")

@@ -131,8 +131,8 @@ def run_rule_counting(cfg: SALConfig, run_dir: Path, layer_counts: sp.csr_matrix
     return count_rules(layer_counts, spill_dir=r.spill_dir, progress=r.progress, **opts)
 
 
-def run(cfg: DictConfig):
-    typed, run_dir = setup(cfg)
+def run(cfg: DictConfig, typed: SALConfig | None = None):
+    typed, run_dir = setup(cfg, typed)
     check_against_training(typed, run_dir / "crosscoder", "extract_rules.py")  # before any model loads
     save_resolved_config(cfg, typed, run_dir / "config" / "extract_rules.yaml")
     require_crosscoder(run_dir)

@@ -15,8 +15,8 @@ from sal.pipeline.common import log, resolved_container, save_resolved_config, s
 from sal.pipeline.generate import build_corpus
 
 
-def run(cfg: DictConfig) -> dict:
-    typed, run_dir = setup(cfg)
+def run(cfg: DictConfig, typed: SALConfig | None = None) -> dict:
+    typed, run_dir = setup(cfg, typed)
     from sal.training.plan import make_plan, refusal
 
     # The plan comes from the configs alone: a job that cannot fit stops before any weights load.
