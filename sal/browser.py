@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from sal import atomic
+from sal.config.choices import SOUNDNESS_CATEGORIES, VERIFICATION_DECISIONS
+from sal.markdown import format_ci, sampling_frame_text
+from sal.top_spans import split_at_peak
 
 ASSETS = Path(__file__).resolve().parent / "resources" / "browser"
 BROWSER_DIR = "browser"
@@ -129,8 +132,8 @@ def _spans_by_feature(path: Path, max_spans: int) -> dict[int, list]:
         spans = spans.assign(layers=None)
     out: dict[int, list] = {}
     for r in spans.itertuples():
-        text, token = _text(r.text) or "", _text(r.token) or ""
-        before = text[: len(text) - len(token)] if token and text.endswith(token) else text
+        token = _text(r.token) or ""
+        before, _ = split_at_peak(_text(r.text) or "", token)
         # A parquet list reads as an array; a null (not recorded) as None.
         layers = [int(x) for x in r.layers] if hasattr(r.layers, "__len__") else None
         out.setdefault(int(r.feature), []).append([round(float(r.activation), 4), before, token, layers])
@@ -232,7 +235,7 @@ def sal_rows(summary: Optional[Mapping]) -> list[tuple[str, str]]:
         return rows + [("SAL", "not computable"), ("why", str(summary.get("not_computable", "")))]
     ci = summary.get("ci") or [math.nan, math.nan]
     rows += [("SAL", f"{summary['sal']:.4f} bits (B = {summary.get('bins')})"),
-             (f"{100 * summary.get('ci_level', 0.95):.0f}% bootstrap CI", f"[{ci[0]:.4f}, {ci[1]:.4f}]"),
+             (f"{100 * summary.get('ci_level', 0.95):.0f}% bootstrap CI", format_ci(ci)),
              ("permutation p-value", f"{summary.get('p_value', math.nan):.4f} (null mean SAL "
                                      f"{summary.get('null_mean', math.nan):.4f} bits)"),
              ("pairwise JSD", ", ".join(f"{k} {v:.4f}" for k, v in (summary.get("pairwise") or {}).items()))]
@@ -254,9 +257,7 @@ def _sample_rows(summary: Mapping) -> list[tuple[str, str]]:
             ("labelled / unlabelled", f"{summary.get('n_labelled')} / {summary.get('n_unlabelled')}")]
     frame = summary.get("sampling_frame") or {}
     if frame:
-        rows.append(("sampling frame", "; ".join(
-            f"{a}-premise: {f['n_sampled']} drawn of {f['n_judgeable']} judgeable ({f['n_rules']} extracted)"
-            for a, f in frame.items())))
+        rows.append(("sampling frame", sampling_frame_text(frame)))
     judge = summary.get("judge") or {}
     if judge:
         rows.append(("judge", f"{judge.get('backend')} ({judge.get('model')})"))
@@ -357,12 +358,12 @@ def _optional_parquet(path: Path):
 
 
 def _level_order(level: str) -> tuple[int, str]:
-    order = ("Yes", "Probably", "Maybe", "No", "Cannot Tell")
+    order = (*VERIFICATION_DECISIONS, "Cannot Tell")
     return (order.index(level) if level in order else len(order), level)
 
 
 def _category_order(category: str) -> tuple[int, str]:
-    order = ("Strict", "Plausible", "No", UNJUDGED)
+    order = (*SOUNDNESS_CATEGORIES, UNJUDGED)
     return (order.index(category) if category in order else len(order), category)
 
 

@@ -32,6 +32,12 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sampling_frame_text(frame: Mapping) -> str:
+    """The judged sample's sampling frame per arity, in one line (report.md, the run browser)."""
+    return "; ".join(f"{a}-premise: {f['n_sampled']} drawn of {f['n_judgeable']} judgeable ({f['n_rules']} extracted)"
+                     for a, f in frame.items())
+
+
 def _delta_lines(d: Mapping | None) -> list[str]:
     if d is None:
         return []
@@ -64,7 +70,5 @@ def sal_block(summary: Mapping) -> str:
                      f"Cohen's kappa {h['kappa']:.3f} (paper: 0.566 raw agreement)")
     frame = summary.get("sampling_frame")
     if frame:
-        lines.append("- sampling frame: " + "; ".join(
-            f"{a}-premise: {f['n_sampled']} drawn of {f['n_judgeable']} judgeable ({f['n_rules']} extracted)"
-            for a, f in frame.items()))
+        lines.append("- sampling frame: " + sampling_frame_text(frame))
     return "\n".join(lines) + "\n"

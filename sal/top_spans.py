@@ -21,6 +21,16 @@ MAX_LAYERS = 63
 TokensByDoc = Union[Mapping[int, Sequence[int]], Callable[[int], Sequence[int]]]
 
 
+def split_at_peak(text: str, token: str) -> tuple[str, bool]:
+    """(the span's text before its activating token, whether ``text`` ends in that token's
+    decoded piece). A span is a window ending at the activating token; decoding the window
+    whole can merge the token with its neighbour, and then the whole window comes back
+    (False). Where a reader highlights the peak token, this is where it is cut."""
+    if token and text.endswith(token):
+        return text[: len(text) - len(token)], True
+    return text, False
+
+
 class TopSpanCollector:
     """Per-feature activation counts (tokens and documents) and top-k activating
     (activation, doc, position, layers fired in).
@@ -85,15 +95,19 @@ class TopSpanCollector:
         self.n_tokens += int(valid_N.sum())
         self.n_docs += B
         valid_BT = valid_N.reshape(B, T)
+        # The max over layers once per batch: the document counts and every chunk's top-k read
+        # it; the per-layer values are read back only for each chunk's winners.
+        feats_BTC = feats_BTLC.detach().amax(dim=2)
         for b in range(B):  # one document at a time: a [T, C] mask, never [B, T, C]
-            fired_C = (feats_BTLC[b][valid_BT[b]].amax(dim=1) > self.tau).any(dim=0)
+            fired_C = (feats_BTC[b][valid_BT[b]] > self.tau).any(dim=0)
             self.doc_counts_C += fired_C.to(device="cpu", dtype=torch.int64)
-        feats_NLC = feats_BTLC.detach().reshape(N, L, C)
+        feats_NC, feats_NLC = feats_BTC.reshape(N, C), feats_BTLC.detach().reshape(N, L, C)
         step = chunk_tokens or max(1, (1 << 25) // C)
         doc_N = doc_B.repeat_interleave(T)
         pos_N = torch.arange(T).repeat(B)
         for n0 in range(0, N, step):
-            self._fold_chunk(feats_NLC, valid_N, doc_N, pos_N, n0, min(N, n0 + step), record_layers=feats.dim() == 4)
+            self._fold_chunk(feats_NC, feats_NLC if feats.dim() == 4 else None, valid_N, doc_N, pos_N, n0,
+                             min(N, n0 + step))
         empty = torch.isinf(self.top_act_CK)
         self.top_doc_CK[empty] = -1
         self.top_pos_CK[empty] = -1
@@ -119,19 +133,19 @@ class TopSpanCollector:
             raise ValueError(f"feats_BTLC has {L} layers, the collector was built for layers {self.layers}")
         return feats_BTLC
 
-    def _fold_chunk(self, feats_NLC: torch.Tensor, valid_N: torch.Tensor, doc_N: torch.Tensor, pos_N: torch.Tensor,
-                    n0: int, n1: int, record_layers: bool) -> None:
-        """Merge tokens n0:n1 into the counts and the top-k."""
+    def _fold_chunk(self, feats_NC: torch.Tensor, feats_NLC: Optional[torch.Tensor], valid_N: torch.Tensor,
+                    doc_N: torch.Tensor, pos_N: torch.Tensor, n0: int, n1: int) -> None:
+        """Merge tokens n0:n1 into the counts and the top-k (feats_NLC: the per-layer values
+        the winners' layers are read from; None: no layers recorded)."""
         # Feature-major copy of a contiguous block of tokens: the count and the top-k
-        # then run along contiguous rows (much faster than reducing over dim 0). The max over
-        # layers is exact, so reducing here, chunk by chunk, gives the same values as before.
-        scores_CN = feats_NLC[n0:n1].amax(dim=1).T.float().contiguous()
+        # then run along contiguous rows (much faster than reducing over dim 0).
+        scores_CN = feats_NC[n0:n1].T.float().contiguous()
         scores_CN.masked_fill_(~valid_N[None, n0:n1], -math.inf)
         active_CN = scores_CN > self.tau
         self.counts_C += active_CN.sum(dim=1, dtype=torch.int64).cpu()
         scores_CN.masked_fill_(~active_CN, -math.inf)
         vals_Ck, idx_Ck = scores_CN.topk(min(self.k, n1 - n0), dim=1)  # this block's top-k per feature
-        layers_Ck = self._layer_bits(feats_NLC, idx_Ck + n0) if record_layers else torch.zeros_like(idx_Ck)
+        layers_Ck = self._layer_bits(feats_NLC, idx_Ck + n0) if feats_NLC is not None else torch.zeros_like(idx_Ck)
         vals_Ck, idx_Ck, layers_Ck = vals_Ck.cpu(), idx_Ck.cpu() + n0, layers_Ck.cpu()
         self._merge_top(vals_Ck, doc_N[idx_Ck], pos_N[idx_Ck], layers_Ck)
 

@@ -18,6 +18,7 @@ from typing import Mapping, Optional
 import pandas as pd
 
 from sal.config.choices import VERIFICATION_DECISIONS
+from sal.top_spans import split_at_peak
 from sal.tracking import ANALYSIS_OWNER, images, log_stage
 
 N_SPANS = 5
@@ -89,9 +90,8 @@ def feature_table(run_dir: Path) -> dict:
 
 def mark_peak(text: str, token: str) -> str:
     """A span (a window ending at the activating token) with that token in [[ ]]."""
-    if token and text.endswith(token):
-        return f"{text[: len(text) - len(token)]}[[{token}]]"
-    return f"{text} [[{token}]]"  # decoding the window whole need not end in the token's own piece
+    before, ends_in_token = split_at_peak(text, token)
+    return f"{before}[[{token}]]" if ends_in_token else f"{text} [[{token}]]"
 
 
 def rule_metrics(rules: pd.DataFrame, bins: int) -> dict:
