@@ -242,27 +242,40 @@ def plot_power(power, path: str | Path) -> Path:
 def plot_network_validation(table: pd.DataFrame, path: str | Path) -> Path:
     """SAL (left) and delta-SAL over the null twin (right) per seed, for the network trained on
     sound text, on shuffled text, and the untrained null twin (SAL only); ``table`` is
-    ``sal.network_validation``'s per-seed table. Bars carry the bootstrap CI; a missing bar
-    is a SAL that could not be computed."""
+    ``sal.network_validation``'s per-seed table. A SAL that could not be computed is drawn as
+    the 0 bits it scores, hatched and marked "n/c"; delta-SAL is the scored SAL minus the
+    twin's. Bars carry the bootstrap CI where there is one."""
     colours = {"sound": "#2a9d8f", "shuffled": "#e9c46a", "null_twin": "#888888"}
     seeds = sorted(table["seed"].unique())
     x = np.arange(len(seeds))
+    by = table.set_index(["network", "seed"])
+    sal = {n: by.loc[n].reindex(seeds)["sal"].astype(float).to_numpy() for n in colours}
+    twin = np.nan_to_num(sal["null_twin"])  # an uncomputable SAL scores 0 bits
+    panels = (("SAL (bits)", list(colours), lambda n: np.nan_to_num(sal[n]), ("sal", "sal_ci_low", "sal_ci_high")),
+              ("ΔSAL vs null twin (bits)", ["sound", "shuffled"], lambda n: np.nan_to_num(sal[n]) - twin,
+               ("delta_sal", "delta_ci_low", "delta_ci_high")))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), gridspec_kw={"wspace": 0.35})
-    for ax, (col, lo, hi, title) in zip(axes, (("sal", "sal_ci_low", "sal_ci_high", "SAL (bits)"),
-                                                ("delta_sal", "delta_ci_low", "delta_ci_high", "ΔSAL vs null twin (bits)"))):
-        nets = [n for n in colours if table.loc[table.network == n, col].notna().any()]
-        width = 0.8 / max(len(nets), 1)
+    for ax, (title, nets, value, (col, lo, hi)) in zip(axes, panels):
+        width = 0.8 / len(nets)
         for i, net in enumerate(nets):
-            part = table[table.network == net].set_index("seed").reindex(seeds)
-            val = part[col].astype(float).to_numpy()
-            err = np.abs(np.vstack([val - part[lo].astype(float).to_numpy(), part[hi].astype(float).to_numpy() - val]))
-            ax.bar(x + (i - (len(nets) - 1) / 2) * width, np.nan_to_num(val), width, yerr=np.nan_to_num(err),
-                   color=colours[net], label=net, capsize=2)
+            part = by.loc[net].reindex(seeds)
+            val = value(net)
+            # the bootstrap CI belongs to the computed estimate; none where a side was not computable
+            err = np.abs(np.vstack([part[col].astype(float) - part[lo].astype(float),
+                                    part[hi].astype(float) - part[col].astype(float)]))
+            xs = x + (i - (len(nets) - 1) / 2) * width
+            bars = ax.bar(xs, val, width, yerr=np.where(np.isnan(err), 0, err), color=colours[net], label=net, capsize=2)
+            for bar, x_i, v, nc in zip(bars, xs, val, np.isnan(sal[net])):
+                if nc:
+                    bar.set_hatch("//")
+                    bar.set_edgecolor(colours[net])
+                    bar.set_facecolor("white")
+                    ax.annotate("n/c", (x_i, v), ha="center", va="bottom" if v >= 0 else "top", fontsize=7)
         ax.axhline(0, color="black", lw=0.6)
         ax.set_xticks(x, [f"seed {s}" for s in seeds])
         ax.set_ylabel(title)
         ax.legend(fontsize=7)
-    fig.suptitle("Network validation: sound vs shuffled text", y=1.02)
+    fig.suptitle("Network validation: sound vs shuffled text (n/c: SAL not computable, scored 0 bits)", y=1.02)
     return _save(fig, path)
 
 

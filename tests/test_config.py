@@ -60,6 +60,7 @@ def test_custom_layers():
     (["analysis=compare", "analysis.metric=delta_sal"], "the paper's table has no ΔSAL"),
     (["analysis=robustness", "analysis.robustness.seeds=[1,1]"], "one or more distinct seeds"),
     (["analysis=robustness", "analysis.robustness.min_premise_counts=[0]"], "min_premise_counts=\\[0\\]"),
+    (["rules.layer_activity=cumulative", "rules.aggregate=algorithm1"], "no per-layer atom; use last_token or any_token"),
 ])
 def test_bad_values_fail_validation_with_the_fix(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -123,6 +124,7 @@ def test_the_null_twin_of_any_model_is_one_override_away():
     ("rules.min_explanation_level=yes", "rules.min_explanation_level='yes': choose one of Yes, Probably, Maybe."),
     ("analysis.network.aggregate=algorithm2", "analysis.network.aggregate='algorithm2': choose one of last_token, "
                                               "any_token, algorithm1."),
+    ("rules.layer_activity=first", "rules.layer_activity='first': choose one of encoder, cumulative."),
     ("model=qwen2.5-7b", None),  # a config group: Hydra's to judge
     ("optim.max_steps=3", None),  # not a choice
     ("optim.max_stepz=3", None),  # not a field: Hydra names it
@@ -134,3 +136,17 @@ def test_a_wrong_choice_on_the_command_line_is_named_before_hydra(override, prob
     from sal.config.schema import SALConfig
 
     assert override_choice_problem(SALConfig, override) == problem
+
+
+def test_cumulative_layer_activity_is_its_own_layer_counts_step_and_the_default_keeps_its_name(tmp_path):
+    from sal.pipeline.steps import layer_counts_step
+
+    def step(overrides):
+        return layer_counts_step(validate_config(_compose("extract_rules", overrides)), tmp_path)
+
+    default, cumulative = step([]), step(["rules.layer_activity=cumulative"])
+    # Runs made before the option existed stay up to date: the default's file and inputs are unchanged.
+    assert default.output.name == "layer_counts_last_token_tau0_unfinished-include.npz"
+    assert not any("layer_activity" in k for k in default.inputs)
+    assert cumulative.output.name == "layer_counts_last_token_cumulative_tau0_unfinished-include.npz"
+    assert cumulative.inputs["rules.layer_activity"] == "cumulative" and cumulative.digest != default.digest

@@ -47,6 +47,8 @@ JudgeBackend = _choices("JudgeBackend", "openai hf_local lexical replay", "Which
 ActivationUnit = _choices("ActivationUnit", "documents tokens", "What interpret.min_activations counts.")
 Aggregation = _choices("Aggregation", "last_token any_token algorithm1",
                        "How a rule-set sample's activations become its layer counts (sal.rules.aggregate).")
+LayerActivity = _choices("LayerActivity", "encoder cumulative",
+                         "When a feature counts as active at a layer (sal.rules.aggregate).")
 ExplanationLevel = _choices("ExplanationLevel", " ".join(VERIFICATION_DECISIONS[:3]),
                             "The weakest verification decision that keeps a feature in the rules.")
 EmptyCategory = _choices("EmptyCategory", "error drop", "A soundness category without enough labelled rules.")
@@ -56,6 +58,8 @@ WorldMode = _choices("WorldMode", "aware agnostic", "Planted world: kinds plante
 CountScope = _choices("CountScope", "planted all", "Features the planted world's rule counter sees.")
 PowerSource = _choices("PowerSource", "world run", "Where analysis=power's rule probabilities come from.")
 Unplanted = _choices("Unplanted", "no drop", "Network validation: rules between unrelated concepts.")
+ConclusionNaming = _choices("ConclusionNaming", "word next_word",
+                            "Network validation: the concept a rule's conclusion feature stands for.")
 
 
 def coerce_choices(obj, prefix: str) -> None:

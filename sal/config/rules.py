@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sal.config.choices import Aggregation, ExplanationLevel, coerce_choices
+from sal.config.choices import Aggregation, ExplanationLevel, LayerActivity, coerce_choices
 
 
 @dataclass
@@ -20,6 +20,12 @@ class RulesConfig:
 
     tau: float = 0.0
     """Activation threshold: a feature fires at a (token, layer) when its activation is > tau."""
+
+    layer_activity: LayerActivity = LayerActivity.encoder
+    """When feature c is active at layer l, the atom whose layers Eq. 2 counts: ``encoder``
+    (the paper's text: h_c^l > tau) or ``cumulative`` (c fired at some layer l' <= l, so the
+    causal decoder writes it into layer l's reconstruction: a_c = L - first firing layer, and
+    a_p > a_q means p emerged first, the paper's stated intuition). README, readings table."""
 
     max_premises: int = 2
     """Largest premise set: 1 (p -> q) or 2 (p1 and p2 -> q), as in the paper."""
@@ -69,6 +75,9 @@ class RulesConfig:
         coerce_choices(self, "rules")
         if self.max_premises not in (1, 2):
             raise ValueError(f"rules.max_premises={self.max_premises!r}: must be 1 or 2 (Appendix D counts up to two premises)")
+        if self.layer_activity == LayerActivity.cumulative and self.aggregate == Aggregation.algorithm1:
+            raise ValueError("rules.layer_activity=cumulative with rules.aggregate=algorithm1: Algorithm 1 sums "
+                             "activations over layers, so it has no per-layer atom; use last_token or any_token")
         if not math.isfinite(self.tau):
             raise ValueError(f"rules.tau={self.tau!r}: must be a finite activation threshold (e.g. 0)")
         if not self.beta >= 0:

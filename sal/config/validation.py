@@ -5,9 +5,9 @@ text), and the real SAL pipeline run on both (``sal.network_validation``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
-from sal.config.choices import Aggregation, Unplanted, coerce_choices
+from sal.config.choices import Aggregation, ConclusionNaming, LayerActivity, Unplanted, coerce_choices
 
 
 @dataclass
@@ -75,7 +75,13 @@ class NetworkValidationConfig:
     n_features: int = 256
     """Crosscoder dictionary size C."""
     sparsity_coef: float = 0.02
-    """alpha of the crosscoder loss (mse_reduction=mean, decoder-norm-weighted L1)."""
+    """alpha of the crosscoder loss (mse_reduction=mean, decoder-norm-weighted L1): the fixed
+    alpha when target_l0 is None, else where the L0 controller starts."""
+    target_l0: Optional[float] = 4.0
+    """Distinct active features per token that every crosscoder is trained to (the training
+    stage's crosscoder.target_l0 controller, adapting alpha from sparsity_coef); the same
+    sparsity for the three networks. None: one fixed alpha (sparsity_coef) for all (the
+    setting before docs/validation.md's second round)."""
     crosscoder_steps: int = 600
     """Adam steps per crosscoder."""
     crosscoder_batch_tokens: int = 512
@@ -86,6 +92,10 @@ class NetworkValidationConfig:
     # ------------------------------------------------------------------ rules and the judge
     aggregate: Aggregation = Aggregation.last_token
     """How a rule-set sample's activations become its layer counts (rules.aggregate)."""
+    layer_activity: LayerActivity = LayerActivity.cumulative
+    """When a feature is active at a layer (rules.layer_activity): cumulative (from the first
+    layer it fires at on; with it the networks' learnt rules are counted at all) or encoder
+    (the paper's text, the main pipeline's default)."""
     tau: float = 0.0
     """Activation threshold of the layer counts (rules.tau)."""
     min_premise_count: int = 5
@@ -98,6 +108,10 @@ class NetworkValidationConfig:
     offsets: List[int] = field(default_factory=lambda: [-1, 0, 1])
     """Token offsets the judge looks at around an activation: -1 previous word ("after A"),
     0 the word itself, +1 the next word ("before C", a prediction)."""
+    conclusion_naming: ConclusionNaming = ConclusionNaming.next_word
+    """The concept a rule's conclusion feature stands for: "word" (the concept its top
+    activations sit on) or "next_word" (the concept they are followed by, where min_purity of
+    them are: a feature firing on A before C concludes C; otherwise the word's concept)."""
     unplanted: Unplanted = Unplanted.no
     """Rules between explained features whose concepts are related by no planted relation:
     "no" (label them No: the generator draws the conclusion independently of the premises)
@@ -143,6 +157,10 @@ class NetworkValidationConfig:
                              f"(1 would make the relation strict).")
         if not self.lr > 0 or not self.crosscoder_lr > 0:
             raise ValueError(f"{p}.lr={self.lr}, crosscoder_lr={self.crosscoder_lr}: both must be > 0.")
+        if self.target_l0 is not None and not self.target_l0 > 0:
+            raise ValueError(f"{p}.target_l0={self.target_l0}: must be > 0, or null for a fixed alpha.")
+        if self.target_l0 is not None and not self.sparsity_coef > 0:
+            raise ValueError(f"{p}.sparsity_coef={self.sparsity_coef}: the L0 controller starts from it, so it must be > 0.")
         if self.sparsity_coef < 0:
             raise ValueError(f"{p}.sparsity_coef={self.sparsity_coef}: must be >= 0.")
         if not 0 < self.min_purity <= 1:

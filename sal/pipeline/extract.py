@@ -105,7 +105,7 @@ def rule_set_layer_counts(cfg: SALConfig, run_dir: Path, model, tokenizer, cross
     for fb in feature_pass(model, tokenizer, crosscoder, texts, layers, cfg.data.max_doc_tokens,
                            desc="feature pass (rule set)"):
         for row in aggregate_batch(fb.feats_BTLC, fb.mask_BT.to(fb.feats_BTLC.device), tau=cfg.rules.tau,
-                                   mode=cfg.rules.aggregate):
+                                   mode=cfg.rules.aggregate, layer_activity=cfg.rules.layer_activity):
             builder.add(row)
     counts = builder.to_csr()
     with atomic_path(path) as tmp:
@@ -170,7 +170,7 @@ def run(cfg: DictConfig, typed: SALConfig | None = None):
     stage_steps["rules"].record()
     n_active = np.diff(layer_counts.indptr)
     print(f"[extract] rule set: {layer_counts.shape[0]} samples, {n_active.mean():.1f} active features per sample "
-          f"({typed.rules.aggregate}), {len(allowed) if allowed is not None else 'all'} allowed features")
+          f"({typed.rules.aggregate}, {typed.rules.layer_activity} layer atoms), {len(allowed) if allowed is not None else 'all'} allowed features")
     print(summarize_rules(rules))
     print(f"[extract] wrote {json.dumps(paths)}")
     log_extract(typed, run_dir, rules, resolved_container(cfg, typed))

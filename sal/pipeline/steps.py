@@ -2,7 +2,7 @@
 
     train.py          crosscoder      <- corpus, subject model, layers, crosscoder, optim, trainer
     extract_rules.py  explanations    <- crosscoder, corpus, interpret, judge
-                      layer_counts    <- crosscoder, rule set, rules.tau/aggregate, unfinished
+                      layer_counts    <- crosscoder, rule set, rules.tau/aggregate/layer_activity, unfinished
                       rules           <- layer_counts, explanations, rules' counting settings
     evaluate.py       labelled_rules  <- rules, explanations, sample size and seed, judge
                       sal             <- labelled_rules, histogram and test settings
@@ -110,7 +110,11 @@ def layer_counts_step(cfg: SALConfig, run_dir: Path) -> Step:
         "data.rule_set_unfinished": d.rule_set_unfinished,
         **settings("rules", r, ("tau", "aggregate")),
     }
-    name = f"layer_counts_{r.aggregate}_tau{r.tau:g}_unfinished-{d.rule_set_unfinished}.npz"
+    activity = ""
+    if r.layer_activity != "encoder":  # only when set, so runs made before the option stay up to date
+        inputs.update(settings("rules", r, ("layer_activity",)))
+        activity = f"_{r.layer_activity}"
+    name = f"layer_counts_{r.aggregate}{activity}_tau{r.tau:g}_unfinished-{d.rule_set_unfinished}.npz"
     return Step("rule-set layer counts", run_dir / "rules" / name, inputs)
 
 

@@ -17,6 +17,15 @@ Modes (``rules.aggregate=``):
   not layer counts, so ties and magnitudes differ from the other two modes; kept for
   faithfulness to the pseudo-code.
 
+Layer activity (``rules.layer_activity=``), for the two layer-count modes:
+
+* ``encoder`` (default, the paper's text): c is active at layer l when its encoder fires there,
+  ``h_c^l > tau``.
+* ``cumulative``: c is active at layer l when it fired at some layer ``l' <= l``: the causal
+  decoder writes a feature found at l' into the reconstruction of every later layer, and a
+  crosscoder encodes a persisting direction once, where it emerges. ``a_c`` is then
+  ``L - (first layer c fires)`` and ``a_p > a_q`` means p emerged before q.
+
 The output is sparse (C = 32768, a few dozen active features) as ``SparseLayerCounts``;
 ``LayerCountBuilder`` / ``stack_layer_counts`` stack samples into a CSR matrix for
 ``count_rules``.
@@ -30,9 +39,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from sal.config.choices import Aggregation
+from sal.config.choices import Aggregation, LayerActivity
 
 AGGREGATIONS = tuple(a.value for a in Aggregation)
+LAYER_ACTIVITIES = tuple(a.value for a in LayerActivity)
 
 
 class SparseLayerCounts(NamedTuple):
@@ -48,17 +58,33 @@ def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch")
 
 
-def check_aggregation(mode: str) -> None:
+def check_aggregation(mode: str, layer_activity: str = "encoder") -> None:
     if mode not in AGGREGATIONS:
         raise ValueError(f"aggregate={mode!r}: unknown aggregation; choose one of {', '.join(AGGREGATIONS)}")
+    if layer_activity not in LAYER_ACTIVITIES:
+        raise ValueError(f"layer_activity={layer_activity!r}: choose one of {', '.join(LAYER_ACTIVITIES)}")
+    if layer_activity == "cumulative" and mode == "algorithm1":
+        raise ValueError("layer_activity='cumulative' needs per-layer atoms; algorithm1 sums over layers")
 
 
-def _counts_C(feats_TLC: Any, tau: float, mode: str) -> Any:
+def _active_layers(fires_LC: Any, layer_activity: str) -> Any:
+    """``[L, C]`` atoms of one token: as fired, or from the first firing layer on."""
+    if layer_activity == "encoder":
+        return fires_LC
+    if _is_torch(fires_LC):
+        return fires_LC.cumsum(0) > 0
+    return np.logical_or.accumulate(fires_LC, axis=0)
+
+
+def _counts_C(feats_TLC: Any, tau: float, mode: str, layer_activity: str = "encoder") -> Any:
     """Dense counts [C] (torch or numpy, same library and device as the input)."""
     if mode == "last_token":
-        return (feats_TLC[-1] > tau).sum(0)
+        return _active_layers(feats_TLC[-1] > tau, layer_activity).sum(0)
     if mode == "any_token":
-        return (feats_TLC > tau).any(0).sum(0)
+        fires_TLC = feats_TLC > tau
+        if layer_activity == "cumulative":
+            fires_TLC = fires_TLC.cumsum(1) > 0 if _is_torch(fires_TLC) else np.logical_or.accumulate(fires_TLC, axis=1)
+        return fires_TLC.any(0).sum(0)
     # algorithm1: sum over layers -> [T, C] (in at least float32), threshold, count tokens
     if _is_torch(feats_TLC):
         import torch
@@ -69,9 +95,10 @@ def _counts_C(feats_TLC: Any, tau: float, mode: str) -> Any:
     return (summed > tau).sum(0)
 
 
-def aggregate_sample(feats_TLC: Any, tau: float = 0.0, mode: str = "last_token") -> SparseLayerCounts:
+def aggregate_sample(feats_TLC: Any, tau: float = 0.0, mode: str = "last_token",
+                     layer_activity: str = "encoder") -> SparseLayerCounts:
     """Layer-count vector of one sample from its activations [T, L, C] (torch or numpy)."""
-    check_aggregation(mode)
+    check_aggregation(mode, layer_activity)
     if len(feats_TLC.shape) != 3:
         raise ValueError(
             f"feats_TLC: expected [tokens, layers, features], got shape {tuple(feats_TLC.shape)}; "
@@ -80,7 +107,7 @@ def aggregate_sample(feats_TLC: Any, tau: float = 0.0, mode: str = "last_token")
     n_features = feats_TLC.shape[2]
     if feats_TLC.shape[0] == 0 or feats_TLC.shape[1] == 0:
         return SparseLayerCounts(np.zeros(0, np.int32), np.zeros(0, np.int32))
-    counts = _counts_C(feats_TLC, tau, mode)
+    counts = _counts_C(feats_TLC, tau, mode, layer_activity)
     if _is_torch(counts):
         idx = counts.nonzero().flatten()
         values = counts[idx]
@@ -93,12 +120,13 @@ def aggregate_sample(feats_TLC: Any, tau: float = 0.0, mode: str = "last_token")
     return SparseLayerCounts(idx.astype(np.int32), values.astype(np.int32))
 
 
-def aggregate_batch(feats_BTLC: Any, mask_BT: Any, tau: float = 0.0, mode: str = "last_token") -> list[SparseLayerCounts]:
+def aggregate_batch(feats_BTLC: Any, mask_BT: Any, tau: float = 0.0, mode: str = "last_token",
+                    layer_activity: str = "encoder") -> list[SparseLayerCounts]:
     """Per-sample layer counts of a padded batch; ``mask_BT`` marks the valid tokens.
 
     The last valid token of each row plays the role of the last non-padding token.
     """
-    check_aggregation(mode)
+    check_aggregation(mode, layer_activity)
     if len(feats_BTLC.shape) != 4 or tuple(mask_BT.shape) != tuple(feats_BTLC.shape[:2]):
         raise ValueError(
             f"feats_BTLC {tuple(feats_BTLC.shape)} and mask_BT {tuple(mask_BT.shape)}: expected "
@@ -108,7 +136,7 @@ def aggregate_batch(feats_BTLC: Any, mask_BT: Any, tau: float = 0.0, mode: str =
     for b in range(feats_BTLC.shape[0]):
         mask = mask_BT[b]
         mask = mask.bool() if _is_torch(mask) else np.asarray(mask, dtype=bool)
-        out.append(aggregate_sample(feats_BTLC[b][mask], tau=tau, mode=mode))
+        out.append(aggregate_sample(feats_BTLC[b][mask], tau=tau, mode=mode, layer_activity=layer_activity))
     return out
 
 

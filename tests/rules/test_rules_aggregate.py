@@ -82,3 +82,48 @@ def test_bad_mode_and_shape():
     with pytest.raises(ValueError, match="tokens, layers, features"):
         aggregate_sample(np.zeros((2, 3)), 0.0)
     assert as_dense(aggregate_sample(np.zeros((0, 2, 4)), 0.0)) == [0, 0, 0, 0]
+
+
+def emergence_feats_TLC():
+    """2 tokens, 4 layers, 4 features, each encoded once, where it emerges (the causal crosscoder's case)."""
+    f = np.zeros((2, 4, 4), dtype=np.float32)
+    f[1, 0, 0] = 1.0  # feature 0: from the embeddings (layer 0) at the last token
+    f[1, 2, 1] = 1.0  # feature 1: emerges at layer 2 at the last token
+    f[1, 1, 2] = 0.3  # feature 2: layer 1, and again at layer 3 (re-encoded)
+    f[1, 3, 2] = 2.0
+    f[0, 3, 3] = 1.0  # feature 3: only at the first token, top layer
+    return f
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_cumulative_layer_activity_counts_from_the_first_firing_layer(backend):
+    f = emergence_feats_TLC()
+    if backend == "torch":
+        f = torch.from_numpy(f)
+    # encoder atoms: every feature fires at one or two layers, so no premise outranks a conclusion
+    assert as_dense(aggregate_sample(f, 0.0, "last_token")) == [1, 1, 2, 0]
+    # cumulative: L - first firing layer (4 - 0, 4 - 2, 4 - 1): feature 0 emerged before 1 and 2
+    assert as_dense(aggregate_sample(f, 0.0, "last_token", "cumulative")) == [4, 2, 3, 0]
+    assert as_dense(aggregate_sample(f, 0.5, "last_token", "cumulative")) == [4, 2, 1, 0]  # 0.3 is below tau
+    assert as_dense(aggregate_sample(f, 0.0, "any_token", "cumulative")) == [4, 2, 3, 1]
+    rows = aggregate_batch(f[None], np.ones((1, 2), dtype=bool) if backend == "numpy" else torch.ones(1, 2, dtype=torch.bool),
+                           0.0, "last_token", "cumulative")
+    assert as_dense(rows[0]) == [4, 2, 3, 0]
+
+
+def test_cumulative_counts_equal_layers_minus_first_firing_layer_on_random_activations():
+    rng = np.random.default_rng(0)
+    f = rng.random((5, 6, 30)).astype(np.float32) * (rng.random((5, 6, 30)) < 0.2)
+    got = np.zeros(30, int)
+    row = aggregate_sample(f, 0.1, "last_token", "cumulative")
+    got[row.indices] = row.values
+    fires = f[-1] > 0.1  # [L, C]
+    expected = np.where(fires.any(0), 6 - fires.argmax(0), 0)
+    assert got.tolist() == expected.tolist() and expected.max() > 0
+
+
+def test_cumulative_layer_activity_is_refused_with_algorithm1():
+    with pytest.raises(ValueError, match="per-layer atoms"):
+        aggregate_sample(emergence_feats_TLC(), 0.0, "algorithm1", "cumulative")
+    with pytest.raises(ValueError, match="layer_activity="):
+        aggregate_sample(emergence_feats_TLC(), 0.0, "last_token", "first")

@@ -26,8 +26,12 @@ def run_validate(cfg: SALConfig, run_dir: Path, resolved: dict) -> dict:
     table = pd.read_csv(out / "per_seed.csv")
     print(network_validation.format_table(table))
     verdict = "holds" if summary["ordering_holds_all_seeds"] else "does NOT hold"
-    print(f"[validate] sound > shuffled in SAL and delta-SAL on every seed: {verdict} ({summary['ordering']}); "
-          f"{summary['seconds']:.0f} s on CPU capability {summary['cpu_capability']}")
+    per_seed = "; ".join(
+        f"seed {seed}: SAL sound {v['scored_sal']['sound']:.3f} / shuffled {v['scored_sal']['shuffled']:.3f} / "
+        f"twin {v['scored_sal']['null_twin']:.3f}" + (f" (n/c, scored 0: {', '.join(v['not_computable'])})" if v["not_computable"] else "")
+        for seed, v in summary["ordering"].items())
+    print(f"[validate] sound > shuffled in SAL and delta-SAL, sound's SAL significant, on every seed: {verdict}; "
+          f"{per_seed}; {summary['seconds']:.0f} s on CPU capability {summary['cpu_capability']}")
     print(f"[validate] wrote {out / 'summary.json'}, figures {list(summary['figures'].values())}"
           + (f", copied to {figures_to}" if figures_to else ""))
     return summary
