@@ -151,7 +151,7 @@ def train_crosscoder(acts_NLD: torch.Tensor, cfg: NetworkValidationConfig, seed:
     """The project's ReLU crosscoder and loss, trained by a direct Adam loop with the stage's
     choices: per-layer scales to mean squared norm D, b_dec at the mean, the paper's
     sparsity warm-up and LR cool-down (sal.training.schedules). Returns (crosscoder, stats)."""
-    from sal.config.crosscoder import CrosscoderConfig
+    from sal.config.crosscoder import CrosscoderConfig, OptimConfig
     from sal.crosscoder import build_crosscoder, estimate_activation_scales
     from sal.training.schedules import lr_at, sparsity_coef_at
     from sal.training.sparsity_control import SparsityController
@@ -167,17 +167,17 @@ def train_crosscoder(acts_NLD: torch.Tensor, cfg: NetworkValidationConfig, seed:
     opt = torch.optim.Adam(crosscoder.parameters(), lr=cfg.crosscoder_lr)
     gen = torch.Generator().manual_seed(seed)
     batch = min(cfg.crosscoder_batch_tokens, n_tokens)
-    steps = cfg.crosscoder_steps
+    steps, warmup_frac = cfg.crosscoder_steps, OptimConfig.sparsity_warmup_frac  # the training stage's schedule
     # As the training stage does with crosscoder.target_l0: one L0 for every network, so that
     # sound, shuffled and null twin are compared at the same sparsity, not at the same alpha.
-    control = None if cfg.target_l0 is None else SparsityController(
-        cfg.target_l0, cfg.sparsity_coef, first_step=int(0.2 * steps), last_step=max(1, int(0.9 * steps)))
+    control = None if cfg.target_l0 is None else SparsityController.over_training(
+        cfg.target_l0, cfg.sparsity_coef, steps, warmup_frac, cc_cfg.target_l0_adapt_frac)
     for step in tqdm(range(steps), desc=desc, unit="step", leave=False):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, cfg.crosscoder_lr)
         x_BLD = x_NLD[torch.randint(n_tokens, (batch,), generator=gen)]
         final_coef = cfg.sparsity_coef if control is None else control.coef
-        out = crosscoder.loss(x_BLD, sparsity_coef_at(step, steps, final_coef))
+        out = crosscoder.loss(x_BLD, sparsity_coef_at(step, steps, final_coef, warmup_frac))
         opt.zero_grad(set_to_none=True)
         out.total.backward()
         opt.step()
@@ -228,26 +228,21 @@ def map_features_to_concepts(feats_NC: torch.Tensor, concepts_NO: torch.Tensor, 
     rows = []
     for c in range(n_features):
         live = idx_KC[:, c][values_KC[:, c] > 0]
-        best = (lw.FILLER, 0, 0.0)
+        # (concept, share of the top activations) at each offset, filler left out
+        at_offset = {}
         for i in order:
             seen = concepts_NO[live, i]
             seen = seen[seen != lw.FILLER]
-            if len(live) == 0 or len(seen) == 0:
-                continue
-            concept = torch.mode(seen).values.item()
-            share = int((seen == concept).sum()) / len(live)
-            if share > best[2]:
-                best = (int(concept), offsets[i], share)
-        concept = best[0] if best[2] >= min_purity else lw.FILLER
-        next_concept, next_purity = lw.FILLER, 0.0
-        if 1 in offsets and len(live):
-            seen = concepts_NO[live, offsets.index(1)]
-            seen = seen[seen != lw.FILLER]
             if len(seen):
-                mode = int(torch.mode(seen).values.item())
-                next_purity = int((seen == mode).sum()) / len(live)
-                next_concept = mode if next_purity >= min_purity else lw.FILLER
-        rows.append(dict(feature=c, concept=concept, offset=best[1], purity=best[2], next_concept=next_concept,
+                concept = int(torch.mode(seen).values.item())
+                at_offset[offsets[i]] = (concept, int((seen == concept).sum()) / len(live))
+        best = (lw.FILLER, 0, 0.0)
+        for offset, (concept, share) in at_offset.items():  # in ``order``: the first of a tie wins
+            if share > best[2]:
+                best = (concept, offset, share)
+        next_concept, next_purity = at_offset.get(1, (lw.FILLER, 0.0))
+        rows.append(dict(feature=c, concept=best[0] if best[2] >= min_purity else lw.FILLER, offset=best[1],
+                         purity=best[2], next_concept=next_concept if next_purity >= min_purity else lw.FILLER,
                          next_purity=next_purity, n_active=int(n_active[c])))
     return pd.DataFrame(rows)
 

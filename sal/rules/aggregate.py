@@ -67,24 +67,21 @@ def check_aggregation(mode: str, layer_activity: str = "encoder") -> None:
         raise ValueError("layer_activity='cumulative' needs per-layer atoms; algorithm1 sums over layers")
 
 
-def _active_layers(fires_LC: Any, layer_activity: str) -> Any:
-    """``[L, C]`` atoms of one token: as fired, or from the first firing layer on."""
+def _active_layers(fires: Any, layer_activity: str, layer_axis: int) -> Any:
+    """The atoms along ``layer_axis``: as fired, or from the first firing layer on."""
     if layer_activity == "encoder":
-        return fires_LC
-    if _is_torch(fires_LC):
-        return fires_LC.cumsum(0) > 0
-    return np.logical_or.accumulate(fires_LC, axis=0)
+        return fires
+    if _is_torch(fires):
+        return fires.cumsum(layer_axis) > 0
+    return np.logical_or.accumulate(fires, axis=layer_axis)
 
 
 def _counts_C(feats_TLC: Any, tau: float, mode: str, layer_activity: str = "encoder") -> Any:
     """Dense counts [C] (torch or numpy, same library and device as the input)."""
     if mode == "last_token":
-        return _active_layers(feats_TLC[-1] > tau, layer_activity).sum(0)
+        return _active_layers(feats_TLC[-1] > tau, layer_activity, layer_axis=0).sum(0)
     if mode == "any_token":
-        fires_TLC = feats_TLC > tau
-        if layer_activity == "cumulative":
-            fires_TLC = fires_TLC.cumsum(1) > 0 if _is_torch(fires_TLC) else np.logical_or.accumulate(fires_TLC, axis=1)
-        return fires_TLC.any(0).sum(0)
+        return _active_layers(feats_TLC > tau, layer_activity, layer_axis=1).any(0).sum(0)
     # algorithm1: sum over layers -> [T, C] (in at least float32), threshold, count tokens
     if _is_torch(feats_TLC):
         import torch

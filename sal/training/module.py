@@ -71,11 +71,9 @@ class CrosscoderModule(L.LightningModule):
         self.crosscoder: Crosscoder = build_crosscoder(self.cc_cfg, n_layers, d_model, seed=self.cc_cfg.seed)
         self.sparsity_control: SparsityController | None = None
         if self.cc_cfg.target_l0 is not None:
-            steps = self.optim_cfg.max_steps
-            self.sparsity_control = SparsityController(
-                self.cc_cfg.target_l0, self.cc_cfg.sparsity_coef,
-                first_step=int(self.optim_cfg.sparsity_warmup_frac * steps),
-                last_step=max(1, int(self.cc_cfg.target_l0_adapt_frac * steps)))
+            self.sparsity_control = SparsityController.over_training(
+                self.cc_cfg.target_l0, self.cc_cfg.sparsity_coef, self.optim_cfg.max_steps,
+                self.optim_cfg.sparsity_warmup_frac, self.cc_cfg.target_l0_adapt_frac)
         self._l0_sum = self._l0_tokens = 0.0  # this optimiser step's micro-batches, for the controller
         # Consecutive tokens (all ranks) since each (layer, feature) latent last fired.
         self.register_buffer("tokens_since_fired", torch.zeros(n_layers, self.cc_cfg.n_features, dtype=torch.long))

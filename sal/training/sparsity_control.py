@@ -35,6 +35,14 @@ class SparsityController(nn.Module):
         self.register_buffer("l0_ema", torch.tensor(float("nan"), dtype=torch.float64))
         self.register_buffer("log_l0_trend", torch.zeros((), dtype=torch.float64))
 
+    @classmethod
+    def over_training(cls, target_l0: float, start_coef: float, total_steps: int, warmup_frac: float,
+                      adapt_frac: float) -> "SparsityController":
+        """Adapting from the end of the alpha warm-up to ``adapt_frac`` of ``total_steps``, as
+        crosscoder.target_l0_adapt_frac describes."""
+        return cls(target_l0, start_coef, first_step=int(warmup_frac * total_steps),
+                   last_step=max(1, int(adapt_frac * total_steps)))
+
     @property
     def coef(self) -> float:
         return math.exp(float(self.log_coef))
